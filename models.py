@@ -1,0 +1,405 @@
+"""ResNet backbones and ReID heads in Flax Linen, plus ImageNet weight import from local files.
+
+The backbone mirrors torchvision's ResNet (v1.5: the stride sits on the 3x3 conv of a bottleneck)
+with the same layer order and module names, so a torchvision or timm state dict maps one to one.
+"""
+
+import importlib.util
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import traverse_util
+
+# ---- Backbone ----
+
+# depth -> (block kind, blocks per stage), as torchvision's resnet18 ... resnet152.
+RESNET_LAYOUTS = {
+    18: ('basic', (2, 2, 2, 2)),
+    34: ('basic', (3, 4, 6, 3)),
+    50: ('bottleneck', (3, 4, 6, 3)),
+    101: ('bottleneck', (3, 4, 23, 3)),
+    152: ('bottleneck', (3, 8, 36, 3)),
+}
+EXPANSION = {'basic': 1, 'bottleneck': 4}
+
+# torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu') = untruncated N(0, 2/fan_out).
+conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
+  # Explicit symmetric padding as torch does; 'SAME' pads (0, 1) on even inputs with stride 2.
+  pad = kernel // 2
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                 padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
+                 param_dtype=jnp.float32, kernel_init=conv_init, name=name)
+
+
+def _batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+  # No axis_name: under a jit-sharded step the batch axis is global, so statistics already are.
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                      param_dtype=jnp.float32, name=name)
+
+
+class ResidualBlock(nn.Module):
+  """torchvision BasicBlock ('basic') or Bottleneck ('bottleneck'), stride on the 3x3 conv."""
+  kind: str
+  planes: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    out_features = self.planes * EXPANSION[self.kind]
+    if self.kind == 'basic':
+      y = _conv(self.planes, 3, self.stride, self.dtype, 'conv1')(x)
+      y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(y))
+      y = _conv(self.planes, 3, 1, self.dtype, 'conv2')(y)
+      y = _batch_norm(train, self.dtype, 'bn2')(y)
+    else:
+      y = _conv(self.planes, 1, 1, self.dtype, 'conv1')(x)
+      y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(y))
+      y = _conv(self.planes, 3, self.stride, self.dtype, 'conv2')(y)
+      y = nn.relu(_batch_norm(train, self.dtype, 'bn2')(y))
+      y = _conv(out_features, 1, 1, self.dtype, 'conv3')(y)
+      y = _batch_norm(train, self.dtype, 'bn3')(y)
+    shortcut = x
+    if self.stride != 1 or x.shape[-1] != out_features:
+      shortcut = _conv(out_features, 1, self.stride, self.dtype, 'downsample_conv')(x)
+      shortcut = _batch_norm(train, self.dtype, 'downsample_bn')(shortcut)
+    return nn.relu(y + shortcut)
+
+
+class ResNet(nn.Module):
+  """torchvision ResNet without avgpool/fc: NHWC images -> NHWC feature map (stride 32, or 16)."""
+  depth: int = 50
+  width: int = 64
+  last_stride: int = 2
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    if self.depth not in RESNET_LAYOUTS:
+      raise ValueError(f'depth must be one of {sorted(RESNET_LAYOUTS)}, got {self.depth}')
+    if self.last_stride not in (1, 2):
+      raise ValueError(f'last_stride must be 1 or 2, got {self.last_stride}')
+    kind, blocks_per_stage = RESNET_LAYOUTS[self.depth]
+    x = images.astype(self.dtype)
+    x = _conv(self.width, 7, 2, self.dtype, 'conv1')(x)
+    x = nn.relu(_batch_norm(train, self.dtype, 'bn1')(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # pads with -inf, as torch
+    for stage, num_blocks in enumerate(blocks_per_stage):
+      stage_stride = 1 if stage == 0 else (self.last_stride if stage == 3 else 2)
+      for index in range(num_blocks):
+        x = ResidualBlock(kind, self.width * 2**stage, stage_stride if index == 0 else 1,
+                          self.dtype, name=f'layer{stage + 1}_{index}')(x, train)
+    return x
+
+
+# ---- Pooling and heads ----
+
+
+class GeM(nn.Module):
+  """Generalised mean pooling over H, W with learnable exponent p (fast-reid: p=3, eps=1e-6)."""
+  init_p: float = 3.0
+  eps: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    p = self.param('p', nn.initializers.constant(self.init_p), (1,), jnp.float32)
+    x = jnp.maximum(x.astype(jnp.float32), self.eps)
+    return jnp.mean(x**p, axis=(1, 2)) ** (1.0 / p)
+
+
+@flax.struct.dataclass
+class ReIDOutput:
+  embedding: jax.Array        # test-time feature (not normalised)
+  triplet_feature: jax.Array  # the feature the triplet loss uses
+  logits: jax.Array | None    # float32; None when num_classes == 0
+
+
+# MMDet's LinearReIDHead: every Linear N(0, 0.01), bias 0. BoT's classifier: N(0, 0.001).
+linear_head_init = nn.initializers.normal(0.01)
+bnneck_classifier_init = nn.initializers.normal(0.001)
+
+
+def _head_batch_norm(train: bool, name: str, use_bias: bool = True) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, use_bias=use_bias,
+                      dtype=jnp.float32, param_dtype=jnp.float32, name=name)
+
+
+class LinearHead(nn.Module):
+  """MMDet's LinearReIDHead: FC+BN+ReLU -> FC = embedding; BN -> FC = logits."""
+  num_classes: int
+  hidden_dim: int = 1024
+  embed_dim: int = 128
+
+  @nn.compact
+  def __call__(self, pooled: jax.Array, train: bool = False) -> ReIDOutput:
+    x = nn.Dense(self.hidden_dim, kernel_init=linear_head_init, name='fc_hidden')(pooled)
+    x = nn.relu(_head_batch_norm(train, 'bn_hidden')(x))
+    embedding = nn.Dense(self.embed_dim, kernel_init=linear_head_init, name='fc_embed')(x)
+    logits = None
+    if self.num_classes > 0:
+      x = _head_batch_norm(train, 'bn_embed')(embedding)
+      logits = nn.Dense(self.num_classes, kernel_init=linear_head_init, name='classifier')(x)
+    return ReIDOutput(embedding=embedding, triplet_feature=embedding, logits=logits)
+
+
+class BNNeckHead(nn.Module):
+  """BoT's BNNeck: triplet on the pooled feature, bias-free BN -> bias-free classifier for CE."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, pooled: jax.Array, train: bool = False) -> ReIDOutput:
+    # A BN bias would shift the features the CE loss sees away from the triplet geometry (BoT).
+    normalised = _head_batch_norm(train, 'bn', use_bias=False)(pooled)
+    logits = None
+    if self.num_classes > 0:
+      logits = nn.Dense(self.num_classes, use_bias=False, kernel_init=bnneck_classifier_init,
+                        name='classifier')(normalised)
+    return ReIDOutput(embedding=normalised, triplet_feature=pooled, logits=logits)
+
+
+# ---- Full model ----
+
+HEADS = ('linear', 'bnneck')
+POOLINGS = ('avg', 'gem')
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+class ReIDModel(nn.Module):
+  """ResNet backbone + global pooling + ReID head; params {'backbone', ['gem'], 'head'}."""
+  num_classes: int
+  depth: int = 50               # 18/34/50/101/152
+  width: int = 64
+  last_stride: int = 2
+  head: str = 'linear'          # 'linear' | 'bnneck'
+  pooling: str = 'avg'          # 'avg' | 'gem'
+  hidden_dim: int = 1024        # linear head
+  embed_dim: int = 128          # linear head
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> ReIDOutput:
+    """images: float NHWC, ImageNet-normalised RGB, any size; heads run in float32."""
+    if self.head not in HEADS:
+      raise ValueError(f'head must be one of {HEADS}, got {self.head!r}')
+    if self.pooling not in POOLINGS:
+      raise ValueError(f'pooling must be one of {POOLINGS}, got {self.pooling!r}')
+    features = ResNet(self.depth, self.width, self.last_stride, self.dtype, name='backbone')(
+        images, train)
+    # Global pooling (not MMDet's fixed 8x4 kernel), so any input size works.
+    if self.pooling == 'gem':
+      pooled = GeM(name='gem')(features)
+    else:
+      pooled = jnp.mean(features.astype(jnp.float32), axis=(1, 2))
+    if self.head == 'linear':
+      output = LinearHead(self.num_classes, self.hidden_dim, self.embed_dim, name='head')(
+          pooled, train)
+    else:
+      output = BNNeckHead(self.num_classes, name='head')(pooled, train)
+    logits = None if output.logits is None else output.logits.astype(jnp.float32)
+    return output.replace(logits=logits)
+
+  def embed(self, images: jax.Array, train: bool = False) -> jax.Array:
+    """L2-normalised float32 embedding, as trackers and evaluation use it."""
+    embedding = self(images, train).embedding.astype(jnp.float32)
+    norm = jnp.linalg.norm(embedding, axis=-1, keepdims=True)
+    return embedding / jnp.maximum(norm, 1e-12)
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> ReIDModel:
+  """Builds a ReIDModel from the `model` sub-config; an unknown value is a ValueError naming it."""
+  defaults = {field: getattr(ReIDModel, field) for field in (
+      'depth', 'width', 'last_stride', 'head', 'pooling', 'hidden_dim', 'embed_dim')}
+  values = {field: config.get(field, default) for field, default in defaults.items()}
+  allowed = {'depth': tuple(RESNET_LAYOUTS), 'last_stride': (1, 2), 'head': HEADS,
+             'pooling': POOLINGS}
+  for field, options in allowed.items():
+    if values[field] not in options:
+      raise ValueError(f'config.model.{field} must be one of {options}, got {values[field]!r}')
+  for field in ('width', 'hidden_dim', 'embed_dim'):
+    if not isinstance(values[field], int) or values[field] <= 0:
+      raise ValueError(f'config.model.{field} must be a positive integer, got {values[field]!r}')
+  dtype_name = config.get('dtype', 'float32')
+  if dtype_name not in DTYPES:
+    raise ValueError(f'config.model.dtype must be one of {tuple(DTYPES)}, got {dtype_name!r}')
+  if num_classes < 0:
+    raise ValueError(f'num_classes must be >= 0, got {num_classes}')
+  return ReIDModel(num_classes=num_classes, dtype=DTYPES[dtype_name], **values)
+
+
+# ---- Pretrained weight import ----
+
+# Wrappers that training frameworks put around a backbone state dict, stripped repeatedly.
+KEY_PREFIXES = ('module.', 'backbone.', 'model.', 'encoder.')
+# BN tensor name in the file -> (variable collection, Flax leaf name).
+BN_LEAVES = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
+             'running_mean': ('batch_stats', 'mean'), 'running_var': ('batch_stats', 'var')}
+
+
+def _strip_prefixes(key: str) -> str:
+  stripped = True
+  while stripped:
+    stripped = False
+    for prefix in KEY_PREFIXES:
+      if key.startswith(prefix):
+        key, stripped = key[len(prefix):], True
+  return key
+
+
+def _torch_name(flax_module_path: tuple[str, ...]) -> str:
+  """('layer1_0', 'downsample_bn') -> 'layer1.0.downsample.1' (torchvision's module name)."""
+  names = []
+  for part in flax_module_path:
+    if part.startswith('layer') and '_' in part:
+      names.extend(part.split('_'))
+    elif part == 'downsample_conv':
+      names.append('downsample.0')
+    elif part == 'downsample_bn':
+      names.append('downsample.1')
+    else:
+      names.append(part)
+  return '.'.join(names)
+
+
+def _backbone_targets(params: Mapping, batch_stats: Mapping) -> dict[str, tuple[tuple, Callable]]:
+  """torchvision key -> (flat Flax path incl. collection, torch-array -> Flax-array transform)."""
+  targets = {}
+  for path in traverse_util.flatten_dict(params):
+    module, leaf = path[:-1], path[-1]
+    if leaf == 'kernel':  # conv: OIHW -> HWIO
+      targets[_torch_name(module) + '.weight'] = (('params',) + path,
+                                                  lambda a: np.transpose(a, (2, 3, 1, 0)))
+  for collection, tree in (('params', params), ('batch_stats', batch_stats)):
+    for path in traverse_util.flatten_dict(tree):
+      module, leaf = path[:-1], path[-1]
+      for torch_leaf, (bn_collection, flax_leaf) in BN_LEAVES.items():
+        if bn_collection == collection and flax_leaf == leaf:
+          targets[f'{_torch_name(module)}.{torch_leaf}'] = ((collection,) + path, lambda a: a)
+  return targets
+
+
+def _to_torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+  # Report model shapes in the file's layout so the two shapes in a mismatch compare directly.
+  return (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else tuple(shape)
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  import safetensors.flax
+  import safetensors.numpy
+  try:
+    return dict(safetensors.numpy.load_file(path))
+  except TypeError:  # bfloat16 tensors, which NumPy cannot name; JAX can
+    return {key: np.asarray(value) for key, value in safetensors.flax.load_file(path).items()}
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  with np.load(path, allow_pickle=False) as data:
+    return {key: data[key] for key in data.files}
+
+
+def _read_torch(path: str) -> dict[str, np.ndarray]:
+  import torch
+  state = torch.load(path, map_location='cpu', weights_only=True)
+  # MMDet/MMEngine and many trainers wrap the weights: {'state_dict': {...}, 'meta': ...}.
+  for wrapper in ('state_dict', 'model', 'module'):
+    if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+      state = state[wrapper]
+  if not isinstance(state, dict):
+    raise TypeError(f'expected a state dict, got {type(state).__name__}')
+  return {key: value.detach().float().numpy() if value.is_floating_point() else value.numpy()
+          for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+READERS = {'.safetensors': _read_safetensors, '.npz': _read_npz, '.pth': _read_torch,
+           '.pt': _read_torch}
+
+
+def _read_state_dict(path: str) -> dict[str, np.ndarray]:
+  """Reads a flat name -> array mapping from .safetensors, .npz or (with torch) .pth/.pt."""
+  if not os.path.isfile(path):
+    raise ValueError(f'{path}: pretrained weights file not found')
+  extension = os.path.splitext(path)[1].lower()
+  if extension not in READERS:
+    raise ValueError(f'{path}: unknown weights format {extension!r} '
+                     '(expected .safetensors, .npz, .pth or .pt)')
+  if READERS[extension] is _read_torch and importlib.util.find_spec('torch') is None:
+    raise ValueError(
+        f'{path}: reading .pth/.pt needs PyTorch, which is optional and not installed; install '
+        'torch or convert the file to .safetensors on a machine that has it (see README)')
+  try:
+    return READERS[extension](path)
+  except Exception as e:  # a corrupt or foreign file: say which file, not a traceback
+    raise ValueError(f'{path}: cannot read weights ({type(e).__name__}: {e})') from e
+
+
+def _is_ignored(key: str) -> bool:
+  # Classifier of the ImageNet model and torch's BN step counter: meaningless for our backbone.
+  return key.endswith('num_batches_tracked') or key.startswith('fc.')
+
+
+def load_pretrained(params: Mapping, batch_stats: Mapping, path: str) -> tuple[dict, dict, dict]:
+  """Fills the backbone from a torchvision/timm-named file; returns (params, batch_stats, report).
+
+  `params`/`batch_stats` are the model's trees from `init` (their 'backbone' subtree is filled) or a
+  bare ResNet's trees. Head and GeM are left as initialised. The report has 'loaded', 'ignored',
+  'unmatched_file_keys', 'missing_model_keys' (torchvision names) and 'shape_mismatch'
+  ([(key, file_shape, model_shape)], both in the file's OIHW layout).
+  """
+  params, batch_stats = flax.core.unfreeze(params), flax.core.unfreeze(batch_stats)
+  nested = 'backbone' in params
+  backbone_params = params['backbone'] if nested else params
+  backbone_stats = batch_stats.get('backbone', {}) if nested else batch_stats
+  targets = _backbone_targets(backbone_params, backbone_stats)
+  flat = {'params': traverse_util.flatten_dict(backbone_params),
+          'batch_stats': traverse_util.flatten_dict(backbone_stats)}
+
+  state = _read_state_dict(path)
+  report = {'loaded': [], 'ignored': [], 'unmatched_file_keys': [], 'missing_model_keys': [],
+            'shape_mismatch': []}
+  filled = set()
+  for file_key, array in state.items():
+    key = _strip_prefixes(file_key)
+    if key not in targets:
+      report['ignored' if _is_ignored(key) else 'unmatched_file_keys'].append(file_key)
+      continue
+    (collection, *leaf_path), transform = targets[key]
+    current = flat[collection][tuple(leaf_path)]
+    value = transform(np.asarray(array))
+    if value.shape != current.shape:
+      report['shape_mismatch'].append(
+          (file_key, tuple(np.shape(array)), _to_torch_shape(current.shape)))
+      continue
+    flat[collection][tuple(leaf_path)] = jnp.asarray(value, dtype=current.dtype)
+    filled.add(key)
+    report['loaded'].append(file_key)
+  report['missing_model_keys'] = sorted(set(targets) - filled)
+
+  if not report['loaded']:
+    raise ValueError(
+        f'{path}: no tensor matches the model\'s ResNet backbone '
+        f'({len(report["unmatched_file_keys"])} unmatched, '
+        f'{len(report["shape_mismatch"])} with the wrong shape); '
+        'expected torchvision/timm names like "layer1.0.conv1.weight"')
+  logging.info('Loaded %d/%d backbone tensors from %s (%d ignored).', len(report['loaded']),
+               len(targets), path, len(report['ignored']))
+  for name in ('unmatched_file_keys', 'missing_model_keys', 'shape_mismatch'):
+    if report[name]:
+      logging.warning('%s: %d %s, e.g. %s', path, len(report[name]), name.replace('_', ' '),
+                      report[name][:3])
+
+  new_params = traverse_util.unflatten_dict(flat['params'])
+  new_stats = traverse_util.unflatten_dict(flat['batch_stats'])
+  if nested:
+    new_params = {**params, 'backbone': new_params}
+    new_stats = {**batch_stats, 'backbone': new_stats}
+  return new_params, new_stats, report
