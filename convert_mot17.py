@@ -1,0 +1,582 @@
+r"""Converts a MOT17-style tracking dataset into a person ReID dataset (MMDetection's layout).
+
+  python convert_mot17.py --input_dir=data/MOT17 --output_dir=data/MOT17/reid
+
+Reads `<input_dir>/train/<SEQ>/{seqinfo.ini, gt/gt.txt, <imDir>/<frame:06d><imExt>}` and writes
+
+  <output_dir>/imgs/<SEQ>_<id:06d>/<frame:06d>.jpg   one crop per kept gt row
+  <output_dir>/meta/train_80.txt, meta/val_20.txt    lines `<SEQ>_<id:06d>/<frame:06d>.jpg <label>`
+  <output_dir>/meta/train.txt                        both splits, val labels after train labels
+
+Rules (MMDetection's `mot2reid.py`, minus its bugs):
+- A gt row is kept if class == 1, consider flag == 1, visibility >= --vis_threshold and the box
+  has at least one pixel inside the image. MOT15-style rows (-1 in the class/visibility columns)
+  count as class 1, visibility 1, as in MMDetection. MMDetection ignores the consider flag; we
+  do not.
+- Crop = pixels [round(left), round(left + width)) x [round(top), round(top + height)) clipped to
+  the image, rounding half up; an integer 30x40 box inside the image gives a 30x40 crop
+  (MMDetection's inclusive crop gives 31x41). Boxes with no pixel inside are skipped and counted.
+- Identity = (sequence, track id). A sequence that exists in several detector variants (`-DPM`,
+  `-FRCNN`, `-SDP`, same images and gt) is converted once: FRCNN when present, else the first sorted
+  name. This is decided from sequence names, not from the input path (MMDetection tests whether the
+  path contains 'MOT17', so `data/mot17` triples every identity).
+- Split by identity exactly as MMDetection: the N identities with at least one kept crop, sorted by
+  folder name; the first int(N * (1 - val_split)) go to train, the rest to val. N is counted before
+  the --min_per_person filter, so that filter can move the splits slightly off the requested ratio.
+- Identities with fewer than --min_per_person crops are dropped; those with more than
+  --max_per_person are subsampled with a numpy Generator seeded from (--seed, identity name).
+  Labels are 0..K-1 per split in sorted folder order; lines are sorted by folder, then frame.
+- Crops are named by frame number (MMDetection uses the row index), so time is recoverable. Only
+  crops that appear in a list are written.
+- List names use round(100 * val_split): 0.2 -> train_80/val_20, 0.57 -> train_43/val_57
+  (MMDetection's int() gives train_42). A fractional percent keeps its decimals (rounded to 6
+  significant digits): 0.125 -> train_87.5.txt / val_12.5.txt.
+
+Nothing is lost: all input is validated before anything is written; the dataset is built in a
+hidden temporary directory next to the output and renamed into place at the end. A non-empty output
+directory is only replaced with --overwrite, and only if it looks like a previous conversion (just
+`imgs/` and `meta/`); the old one is moved aside, the new one renamed in, then the old one deleted.
+The same input and flags give byte-identical output with any --num_workers.
+"""
+
+import filecmp
+import functools
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from absl import app, flags, logging
+from PIL import Image
+from tqdm import tqdm
+
+# ---- Constants ----
+
+PEDESTRIAN = 1
+VARIANT_SUFFIX = re.compile(r"-(DPM|FRCNN|SDP)$")
+PREFERRED_VARIANT = "FRCNN"
+SEQINFO_INT_KEYS = ("seqLength", "imWidth", "imHeight")
+SEQINFO_STR_KEYS = ("name", "imDir", "imExt")
+GT_COLUMNS = (9, 10)  # MOT16/17/20 rows have 9 columns; MOT15 rows have 10 (x, y, z world coords).
+OUTPUT_ENTRIES = {"imgs", "meta"}
+FRAMES_PER_TASK = 8  # Frames per pool task: amortises inter-process overhead, keeps the bar smooth.
+DROP_REASONS = ("class", "consider_flag", "visibility", "outside_image", "min_per_person",
+                "max_per_person", "duplicate_variant")
+
+
+class DataError(ValueError):
+  """A problem with the user's input or flags, reported as one line without a traceback."""
+
+
+# ---- Reading MOT files ----
+
+
+@dataclass(frozen=True)
+class SeqInfo:
+  """The fields of a sequence's seqinfo.ini that the converter uses."""
+  name: str
+  im_dir: str
+  im_ext: str
+  seq_length: int
+  width: int
+  height: int
+
+
+def read_seqinfo(path: str) -> SeqInfo:
+  """Parses a MOT `seqinfo.ini`; raises DataError naming the file (and line) if it is garbled."""
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: missing seqinfo.ini")
+  values: dict[str, tuple[str, int]] = {}
+  section = None
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for lineno, raw in enumerate(f, 1):
+      line = raw.strip()
+      if not line or line[0] in ";#":
+        continue
+      if line.startswith("[") and line.endswith("]"):
+        section = line[1:-1].strip()
+        continue
+      if "=" not in line:
+        raise DataError(f"{path}:{lineno}: expected 'key=value', got {line!r}")
+      if section == "Sequence":
+        key, value = (s.strip() for s in line.split("=", 1))
+        values[key.lower()] = (value, lineno)
+  fields: dict[str, Any] = {}
+  for key in SEQINFO_STR_KEYS + SEQINFO_INT_KEYS:
+    if key.lower() not in values:
+      raise DataError(f"{path}: missing key '{key}' in [Sequence]")
+    value, lineno = values[key.lower()]
+    if key in SEQINFO_INT_KEYS:
+      if not re.fullmatch(r"\d+", value) or int(value) <= 0:
+        raise DataError(f"{path}:{lineno}: {key} must be a positive integer, got {value!r}")
+      fields[key] = int(value)
+    elif not value:
+      raise DataError(f"{path}:{lineno}: {key} is empty")
+    else:
+      fields[key] = value
+  return SeqInfo(name=fields["name"], im_dir=fields["imDir"], im_ext=fields["imExt"],
+                 seq_length=fields["seqLength"], width=fields["imWidth"],
+                 height=fields["imHeight"])
+
+
+@dataclass(frozen=True)
+class GtRow:
+  """One gt.txt row; `line` is its 1-based line number in the file."""
+  line: int
+  frame: int
+  track_id: int
+  left: float
+  top: float
+  width: float
+  height: float
+  consider: int
+  cls: int
+  visibility: float
+
+
+def _as_int(value: float, column: str, where: str) -> int:
+  """Returns an integral float as int, else raises DataError."""
+  if value != int(value):
+    raise DataError(f"{where}: {column} must be an integer, got {value:g}")
+  return int(value)
+
+
+def read_gt(path: str, seq_length: int | None = None) -> list[GtRow]:
+  """Parses a MOT gt.txt; raises DataError naming file:line for a malformed row."""
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: missing gt file")
+  rows = []
+  seen: dict[tuple[int, int], int] = {}
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for lineno, raw in enumerate(f, 1):
+      line = raw.strip()
+      if not line:
+        continue
+      where = f"{path}:{lineno}"
+      parts = line.split(",")
+      if len(parts) not in GT_COLUMNS:
+        raise DataError(f"{where}: expected 9 comma-separated columns (10 for MOT15), "
+                        f"got {len(parts)}")
+      try:
+        nums = [float(p) for p in parts]
+      except ValueError:
+        raise DataError(f"{where}: not a number in {line!r}") from None
+      if not all(math.isfinite(x) for x in nums):
+        raise DataError(f"{where}: non-finite number in {line!r}")
+      frame = _as_int(nums[0], "frame", where)
+      track_id = _as_int(nums[1], "id", where)
+      if frame < 1 or (seq_length is not None and frame > seq_length):
+        raise DataError(f"{where}: frame {frame} outside 1..{seq_length} (seqLength)")
+      if track_id < 0:
+        raise DataError(f"{where}: negative id {track_id}")
+      if (frame, track_id) in seen:
+        raise DataError(f"{where}: id {track_id} appears twice in frame {frame} "
+                        f"(first on line {seen[frame, track_id]})")
+      seen[frame, track_id] = lineno
+      # MOT15 marks the class and visibility columns as not annotated (-1): a visible pedestrian.
+      cls = PEDESTRIAN if nums[7] == -1 else _as_int(nums[7], "class", where)
+      visibility = 1.0 if nums[8] == -1 else nums[8]
+      consider = _as_int(nums[6], "consider flag", where)
+      rows.append(GtRow(lineno, frame, track_id, *nums[2:6], consider, cls, visibility))
+  return rows
+
+
+def crop_box(row: GtRow, width: int, height: int) -> tuple[int, int, int, int] | None:
+  """Returns the pixel box (left, top, right, bottom), right/bottom exclusive, clipped to the image.
+
+  Coordinates are rounded half up, so an integer box keeps its exact size. None if no pixel is
+  inside the image.
+  """
+  left = math.floor(row.left + 0.5)
+  top = math.floor(row.top + 0.5)
+  right = math.floor(row.left + row.width + 0.5)
+  bottom = math.floor(row.top + row.height + 0.5)
+  left, top = max(left, 0), max(top, 0)
+  right, bottom = min(right, width), min(bottom, height)
+  if right <= left or bottom <= top:
+    return None
+  return left, top, right, bottom
+
+
+# ---- Planning (everything that is validated before writing) ----
+
+
+def variant_base(name: str) -> str:
+  """Sequence name without its detector suffix: 'MOT17-02-FRCNN' -> 'MOT17-02'."""
+  return VARIANT_SUFFIX.sub("", name)
+
+
+def pick_variants(names: Sequence[str]) -> tuple[list[str], list[str]]:
+  """Splits sequence names into (kept, duplicates): one per base name, FRCNN when present."""
+  groups: dict[str, list[str]] = {}
+  for name in sorted(names):
+    groups.setdefault(variant_base(name), []).append(name)
+  kept, duplicates = [], []
+  for base in sorted(groups):
+    members = groups[base]
+    preferred = [n for n in members if n == f"{base}-{PREFERRED_VARIANT}"]
+    choice = preferred[0] if preferred else members[0]
+    kept.append(choice)
+    duplicates.extend(n for n in members if n != choice)
+  return kept, duplicates
+
+
+@dataclass
+class Crop:
+  """One crop to write: source image, pixel box and path relative to `imgs/`."""
+  image: str
+  box: tuple[int, int, int, int]
+  relpath: str
+  frame: int
+
+
+@dataclass
+class Plan:
+  """The validated conversion: lists, crops to write and the summary."""
+  train: list[tuple[str, int]] = field(default_factory=list)
+  val: list[tuple[str, int]] = field(default_factory=list)
+  crops: list[Crop] = field(default_factory=list)
+  summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _count_rows(path: str) -> int:
+  """Non-empty lines in a gt file (rows dropped as duplicate detector variants)."""
+  if not os.path.isfile(path):
+    return 0
+  with open(path, "rb") as f:
+    return sum(1 for line in f if line.strip())
+
+
+def _identity_rng(seed: int, identity: str) -> np.random.Generator:
+  """A Generator that depends only on the seed and the identity name (not on order or workers)."""
+  return np.random.default_rng([seed, *identity.encode("utf-8")])
+
+
+def split_names(val_split: float) -> tuple[str, str]:
+  """File names of the two lists: 0.2 -> ('train_80.txt', 'val_20.txt'), 0.125 -> '..._12.5'."""
+  val_pct = round(100 * val_split, 6)
+  train_pct = round(100 - val_pct, 6)
+  fmt = lambda p: str(int(p)) if p == int(p) else f"{p:g}"
+  return f"train_{fmt(train_pct)}.txt", f"val_{fmt(val_pct)}.txt"
+
+
+def _check_image(path: str, info: SeqInfo, gt_where: str) -> None:
+  """Checks a frame exists and has seqinfo's size (reads only the header)."""
+  try:
+    with Image.open(path) as im:
+      size = im.size
+  except FileNotFoundError:
+    raise DataError(f"{path}: missing image (referenced by {gt_where})") from None
+  except OSError as e:
+    raise DataError(f"{path}: unreadable image ({e})") from None
+  if size != (info.width, info.height):
+    raise DataError(f"{path}: image is {size[0]}x{size[1]} but seqinfo.ini says "
+                    f"{info.width}x{info.height}")
+
+
+def plan_conversion(train_dir: str, *, val_split: float, vis_threshold: float, min_per_person: int,
+                    max_per_person: int, seed: int) -> Plan:
+  """Reads and validates every input file and decides every output byte except the JPEGs."""
+  if not os.path.isdir(train_dir):
+    raise DataError(f"{train_dir}: no such directory (expected <input_dir>/train/<sequence>/...)")
+  names = sorted(n for n in os.listdir(train_dir)
+                 if not n.startswith(".") and os.path.isdir(os.path.join(train_dir, n)))
+  if not names:
+    raise DataError(f"{train_dir}: no sequence directories")
+  kept, duplicates = pick_variants(names)
+  dropped = dict.fromkeys(DROP_REASONS, 0)
+  dropped["duplicate_variant"] = sum(
+      _count_rows(os.path.join(train_dir, n, "gt", "gt.txt")) for n in duplicates)
+  kept_by_base = {variant_base(n): n for n in kept}
+  for name in duplicates:
+    gt_dup, gt_kept = (os.path.join(train_dir, n, "gt", "gt.txt")
+                       for n in (name, kept_by_base[variant_base(name)]))
+    if (os.path.isfile(gt_dup) and os.path.isfile(gt_kept)
+        and not filecmp.cmp(gt_dup, gt_kept, shallow=False)):
+      logging.warning("%s differs from %s; converting only the latter", gt_dup, gt_kept)
+
+  identities: dict[str, list[Crop]] = {}
+  for seq in kept:
+    seq_dir = os.path.join(train_dir, seq)
+    info_path = os.path.join(seq_dir, "seqinfo.ini")
+    info = read_seqinfo(info_path)
+    if info.name != seq:
+      raise DataError(f"{info_path}: name={info.name} does not match the folder name {seq}")
+    gt_path = os.path.join(seq_dir, "gt", "gt.txt")
+    checked_frames: set[int] = set()
+    for row in read_gt(gt_path, info.seq_length):
+      if row.cls != PEDESTRIAN:
+        dropped["class"] += 1
+        continue
+      if row.consider != 1:
+        dropped["consider_flag"] += 1
+        continue
+      if row.visibility < vis_threshold:
+        dropped["visibility"] += 1
+        continue
+      image = os.path.join(seq_dir, info.im_dir, f"{row.frame:06d}{info.im_ext}")
+      if row.frame not in checked_frames:
+        _check_image(image, info, f"{gt_path}:{row.line}")
+        checked_frames.add(row.frame)
+      box = crop_box(row, info.width, info.height)
+      if box is None:
+        dropped["outside_image"] += 1
+        continue
+      identity = f"{seq}_{row.track_id:06d}"
+      identities.setdefault(identity, []).append(
+          Crop(image, box, f"{identity}/{row.frame:06d}.jpg", row.frame))
+
+  # Split exactly as MMDetection: count N before the min-per-person filter, truncate with int().
+  folders = sorted(identities)
+  num_train = int(len(folders) * (1 - val_split))
+  plan = Plan()
+  dropped_ids = 0
+  for split, split_folders in (("train", folders[:num_train]), ("val", folders[num_train:])):
+    lines = plan.train if split == "train" else plan.val
+    label = 0
+    for folder in split_folders:
+      crops = sorted(identities[folder], key=lambda c: c.frame)
+      if len(crops) < min_per_person:
+        dropped["min_per_person"] += len(crops)
+        dropped_ids += 1
+        continue
+      if len(crops) > max_per_person:
+        chosen = _identity_rng(seed, folder).choice(len(crops), max_per_person, replace=False)
+        dropped["max_per_person"] += len(crops) - max_per_person
+        crops = [crops[i] for i in sorted(chosen)]
+      lines.extend((c.relpath, label) for c in crops)
+      plan.crops.extend(crops)
+      label += 1
+  num_train_ids = len({p.split("/")[0] for p, _ in plan.train})
+  num_val_ids = len({p.split("/")[0] for p, _ in plan.val})
+  if num_train_ids + num_val_ids == 0:
+    raise DataError(f"{train_dir}: no identities left after filtering ({len(folders)} before "
+                    f"--min_per_person={min_per_person}); rows dropped: {dropped}")
+  plan.summary = {
+      "sequences": kept,
+      "duplicate_variant_sequences": duplicates,
+      "identities_before_min_per_person": len(folders),
+      "identities_dropped_min_per_person": dropped_ids,
+      "train_identities": num_train_ids,
+      "train_images": len(plan.train),
+      "val_identities": num_val_ids,
+      "val_images": len(plan.val),
+      "dropped_rows": dropped,
+  }
+  return plan
+
+
+# ---- Writing ----
+
+
+def _write_frame(task: tuple[str, list[tuple[tuple[int, int, int, int], str]]],
+                 jpeg_quality: int) -> int:
+  """Decodes one frame once and writes all of its crops; returns how many were written."""
+  image_path, crops = task
+  with Image.open(image_path) as im:
+    im = im.convert("RGB")
+  for box, out_path in crops:
+    im.crop(box).save(out_path, "JPEG", quality=jpeg_quality)
+  return len(crops)
+
+
+def _frame_tasks(crops: list[Crop], imgs_dir: str) -> list[tuple[str, list]]:
+  """Groups crops by source frame so each frame is decoded once."""
+  by_image: dict[str, list] = {}
+  for c in crops:
+    by_image.setdefault(c.image, []).append((c.box, os.path.join(imgs_dir, c.relpath)))
+  return [(image, by_image[image]) for image in sorted(by_image)]
+
+
+def _run_tasks(tasks: list, jpeg_quality: int, num_workers: int) -> Iterator[int]:
+  """Runs frame tasks in-process (1 worker) or in a spawn pool, yielding crops written per frame."""
+  if num_workers == 1:
+    for task in tasks:
+      yield _write_frame(task, jpeg_quality)
+    return
+  # spawn, not fork: callers (tests, notebooks) may already run JAX/TF threads that fork would copy.
+  ctx = multiprocessing.get_context("spawn")
+  with ctx.Pool(num_workers) as pool:
+    write = functools.partial(_write_frame, jpeg_quality=jpeg_quality)
+    yield from pool.imap_unordered(write, tasks, chunksize=FRAMES_PER_TASK)
+
+
+def _write_list(path: str, lines: list[tuple[str, int]]) -> None:
+  """Writes `relpath label` lines exactly as MMDetection: one space, '\\n' endings."""
+  with open(path, "w", encoding="utf-8", newline="\n") as f:
+    f.writelines(f"{relpath} {label}\n" for relpath, label in lines)
+
+
+def write_dataset(plan: Plan, out_dir: str, *, val_split: float, jpeg_quality: int,
+                  num_workers: int) -> None:
+  """Writes lists and crops into `out_dir` (an empty directory)."""
+  meta_dir = os.path.join(out_dir, "meta")
+  imgs_dir = os.path.join(out_dir, "imgs")
+  os.makedirs(meta_dir)
+  train_name, val_name = split_names(val_split)
+  _write_list(os.path.join(meta_dir, train_name), plan.train)
+  _write_list(os.path.join(meta_dir, val_name), plan.val)
+  # MMDetection's train.txt: every identity, val labels continuing after the train labels.
+  num_train_labels = plan.summary["train_identities"]
+  _write_list(os.path.join(meta_dir, "train.txt"),
+              plan.train + [(relpath, label + num_train_labels) for relpath, label in plan.val])
+  for folder in sorted({c.relpath.split("/")[0] for c in plan.crops}):
+    os.makedirs(os.path.join(imgs_dir, folder))
+  tasks = _frame_tasks(plan.crops, imgs_dir)
+  with tqdm(total=len(plan.crops), unit="crop", desc="crops", file=sys.stderr) as bar:
+    for written in _run_tasks(tasks, jpeg_quality, num_workers):
+      bar.update(written)
+
+
+# ---- Output directory safety ----
+
+
+def _check_output(input_dir: str, output_dir: str, overwrite: bool) -> None:
+  """Refuses outputs that would lose data: the input, or existing data without --overwrite."""
+  train_real = os.path.realpath(os.path.join(input_dir, "train"))
+  out_real = os.path.realpath(output_dir)
+  if os.path.commonpath([out_real, train_real]) in (out_real, train_real):
+    raise DataError(f"{output_dir}: output directory must not be, contain or lie inside the "
+                    f"input's {train_real}")
+  if not os.path.lexists(output_dir):
+    return
+  if not os.path.isdir(output_dir) or os.path.islink(output_dir):
+    raise DataError(f"{output_dir}: exists and is not a directory")
+  entries = set(os.listdir(output_dir))
+  if not entries:
+    return
+  if not overwrite:
+    raise DataError(f"{output_dir}: output directory is not empty (pass --overwrite to replace it)")
+  if not entries <= OUTPUT_ENTRIES:
+    extra = ", ".join(sorted(entries - OUTPUT_ENTRIES))
+    raise DataError(f"{output_dir}: refusing to replace a directory that is not a converter output "
+                    f"(contains {extra})")
+
+
+def _replace_dir(new_dir: str, output_dir: str) -> None:
+  """Moves `new_dir` to `output_dir`; an existing output is moved aside first, deleted last."""
+  parent, name = os.path.split(os.path.abspath(output_dir))
+  if not os.path.lexists(output_dir):
+    os.rename(new_dir, output_dir)
+    return
+  old_dir = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
+  os.rename(output_dir, old_dir)
+  try:
+    os.rename(new_dir, output_dir)
+  except BaseException:
+    os.rename(old_dir, output_dir)
+    raise
+  shutil.rmtree(old_dir)
+
+
+# ---- Public API ----
+
+
+def convert(input_dir: str, output_dir: str | None = None, *, val_split: float = 0.2,
+            vis_threshold: float = 0.3, min_per_person: int = 8, max_per_person: int = 1000,
+            seed: int = 0, num_workers: int | None = None, overwrite: bool = False,
+            jpeg_quality: int = 95) -> dict[str, Any]:
+  """Converts `<input_dir>/train` into a ReID dataset at `output_dir`; returns the summary."""
+  if not 0 < val_split < 1:
+    raise DataError(f"--val_split must be in (0, 1), got {val_split}")
+  if min_per_person < 1 or max_per_person < min_per_person:
+    raise DataError(f"need 1 <= --min_per_person <= --max_per_person, got {min_per_person} and "
+                    f"{max_per_person}")
+  if seed < 0:
+    raise DataError(f"--seed must be >= 0, got {seed}")
+  if not 1 <= jpeg_quality <= 100:
+    raise DataError(f"--jpeg_quality must be in 1..100, got {jpeg_quality}")
+  if num_workers is None:
+    num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+  if num_workers < 1:
+    raise DataError(f"--num_workers must be >= 1, got {num_workers}")
+  if output_dir is None:
+    output_dir = os.path.join(input_dir, "reid")
+  output_dir = os.path.abspath(output_dir)
+  _check_output(input_dir, output_dir, overwrite)
+
+  plan = plan_conversion(os.path.join(input_dir, "train"), val_split=val_split,
+                         vis_threshold=vis_threshold, min_per_person=min_per_person,
+                         max_per_person=max_per_person, seed=seed)
+  parent, name = os.path.split(output_dir)
+  os.makedirs(parent, exist_ok=True)
+  # Same parent as the output, so the final rename is atomic and never copies across filesystems.
+  tmp_dir = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+  os.mkdir(tmp_dir)
+  try:
+    write_dataset(plan, tmp_dir, val_split=val_split, jpeg_quality=jpeg_quality,
+                  num_workers=num_workers)
+    if os.path.isdir(output_dir) and not os.listdir(output_dir):
+      os.rmdir(output_dir)
+    _replace_dir(tmp_dir, output_dir)
+  except BaseException:
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    raise
+  for split in ("train", "val"):
+    if plan.summary[f"{split}_identities"] == 0:
+      logging.warning("the %s split is empty; lower --min_per_person or change --val_split", split)
+  train_list, val_list = split_names(val_split)
+  return {**plan.summary, "output_dir": output_dir, "train_list": f"meta/{train_list}",
+          "val_list": f"meta/{val_list}"}
+
+
+# ---- Command line ----
+
+def define_flags() -> None:
+  """Declares the command-line flags."""
+  # Called only when run as a script: other modules' CLIs use the same flag names (--output_dir,
+  # --seed, ...) and absl rejects a name declared twice, so importing this module declares none.
+  flags.DEFINE_string("input_dir", None, "MOT root containing train/<sequence>/.", required=True)
+  flags.DEFINE_string("output_dir", None, "ReID dataset to write (default: <input_dir>/reid).")
+  flags.DEFINE_float("val_split", 0.2, "Fraction of identities (sorted, last ones) for validation.")
+  flags.DEFINE_float("vis_threshold", 0.3, "Keep gt rows with visibility >= this.")
+  flags.DEFINE_integer("min_per_person", 8, "Drop identities with fewer crops.")
+  flags.DEFINE_integer("max_per_person", 1000, "Subsample identities with more crops.")
+  flags.DEFINE_integer("seed", 0, "Seed for the max_per_person subsampling.")
+  flags.DEFINE_integer("num_workers", None, "Processes writing crops (default: all cores).")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing output directory.")
+  flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality of the crops (1..100).")
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+  """A few readable lines for the log."""
+  dropped = ", ".join(f"{k}={v}" for k, v in summary["dropped_rows"].items())
+  return (f"wrote {summary['output_dir']}\n"
+          f"  sequences: {len(summary['sequences'])} "
+          f"(skipped duplicate variants: {len(summary['duplicate_variant_sequences'])})\n"
+          f"  train: {summary['train_identities']} identities, {summary['train_images']} images "
+          f"({summary['train_list']})\n"
+          f"  val:   {summary['val_identities']} identities, {summary['val_images']} images "
+          f"({summary['val_list']})\n"
+          f"  identities dropped by min_per_person: "
+          f"{summary['identities_dropped_min_per_person']}\n"
+          f"  rows dropped: {dropped}")
+
+
+def main(argv: list[str]) -> None:
+  """Runs the conversion from flags; user errors exit with one line."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  FLAGS = flags.FLAGS
+  try:
+    summary = convert(FLAGS.input_dir, FLAGS.output_dir, val_split=FLAGS.val_split,
+                      vis_threshold=FLAGS.vis_threshold, min_per_person=FLAGS.min_per_person,
+                      max_per_person=FLAGS.max_per_person, seed=FLAGS.seed,
+                      num_workers=FLAGS.num_workers, overwrite=FLAGS.overwrite,
+                      jpeg_quality=FLAGS.jpeg_quality)
+  except DataError as e:
+    sys.exit(f"error: {e}")
+  logging.info("%s", format_summary(summary))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,474 @@
+"""Tests for convert_mot17.py on tiny hand-made MOT17-layout fixtures."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import convert_mot17
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+W, H = 50, 30  # Frame size of the fixtures.
+LINE = re.compile(r"^[A-Za-z0-9-]+_\d{6}/\d{6}\.jpg \d+\n$")
+
+# ---- Fixture helpers ----
+
+
+def frame_pixels(frame: int) -> np.ndarray:
+  """Grey ramp that differs per frame: a one-pixel shift or a wrong frame changes every pixel."""
+  y, x = np.mgrid[0:H, 0:W]
+  grey = (3 * x + 2 * y + 2 * (frame - 1)).astype(np.uint8)
+  return np.stack([grey] * 3, axis=-1)
+
+
+def write_seq(train_dir, name, rows, *, num_frames=10, ext=".png", seqinfo=None):
+  """Writes one sequence: seqinfo.ini, img1/<frame>.png (lossless), gt/gt.txt from `rows`."""
+  seq_dir = os.path.join(train_dir, name)
+  os.makedirs(os.path.join(seq_dir, "img1"))
+  os.makedirs(os.path.join(seq_dir, "gt"))
+  for frame in range(1, num_frames + 1):
+    Image.fromarray(frame_pixels(frame)).save(os.path.join(seq_dir, "img1", f"{frame:06d}{ext}"))
+  if seqinfo is None:
+    seqinfo = (f"[Sequence]\nname={name}\nimDir=img1\nframeRate=30\nseqLength={num_frames}\n"
+               f"imWidth={W}\nimHeight={H}\nimExt={ext}\n")
+  with open(os.path.join(seq_dir, "seqinfo.ini"), "w") as f:
+    f.write(seqinfo)
+  with open(os.path.join(seq_dir, "gt", "gt.txt"), "w") as f:
+    f.writelines(",".join(str(v) for v in row) + "\n" for row in rows)
+  return seq_dir
+
+
+def track(track_id, frames, box=(5, 3, 10, 12), flag=1, cls=1, vis=1.0):
+  """gt rows of one track on the given frames."""
+  return [(f, track_id, *box, flag, cls, vis) for f in frames]
+
+
+def read_list(path):
+  with open(path, newline="") as f:
+    lines = f.readlines()
+  for line in lines:
+    assert LINE.match(line), repr(line)
+  return [(line.split()[0], int(line.split()[1])) for line in lines]
+
+
+def tree_bytes(root):
+  """{relative path: bytes} of every file under root."""
+  out = {}
+  for dirpath, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(dirpath, name)
+      with open(path, "rb") as f:
+        out[os.path.relpath(path, root)] = f.read()
+  return out
+
+
+@pytest.fixture
+def two_seqs(tmp_path):
+  """5 identities over 2 sequences (3 + 2); id 2 of seq 02 has only 3 crops."""
+  train = tmp_path / "MOT17" / "train"
+  write_seq(train, "MOT17-02-FRCNN",
+            track(1, range(1, 11)) + track(2, [1, 2, 3]) + track(7, range(2, 10)))
+  write_seq(train, "MOT17-04-FRCNN", track(3, range(1, 9)) + track(12, range(3, 11)))
+  return tmp_path / "MOT17"
+
+
+def run_cli(*args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "convert_mot17.py"), *args],
+                        capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+# ---- Layout, lists, split ----
+
+
+def test_layout_lines_and_split(two_seqs):
+  out = two_seqs / "reid"
+  summary = convert_mot17.convert(str(two_seqs), num_workers=1)  # Default output: <input>/reid.
+  assert sorted(os.listdir(out)) == ["imgs", "meta"]
+  assert sorted(os.listdir(out / "meta")) == ["train.txt", "train_80.txt", "val_20.txt"]
+  train = read_list(out / "meta" / "train_80.txt")
+  val = read_list(out / "meta" / "val_20.txt")
+  # N = 5 identities before the min-per-person filter -> int(5 * 0.8) = 4 sorted folders to train;
+  # MOT17-02-FRCNN_000002 (3 crops < 8) is then dropped, so train keeps 3 labels, val 1.
+  assert train == (
+      [(f"MOT17-02-FRCNN_000001/{f:06d}.jpg", 0) for f in range(1, 11)]
+      + [(f"MOT17-02-FRCNN_000007/{f:06d}.jpg", 1) for f in range(2, 10)]
+      + [(f"MOT17-04-FRCNN_000003/{f:06d}.jpg", 2) for f in range(1, 9)])
+  assert val == [(f"MOT17-04-FRCNN_000012/{f:06d}.jpg", 0) for f in range(3, 11)]
+  # train.txt (MMDetection's whole-dataset list): val labels continue after train labels.
+  assert read_list(out / "meta" / "train.txt") == train + [(p, label + 3) for p, label in val]
+  # Exactly the listed crops exist, nothing else.
+  listed = {p for p, _ in train + val}
+  on_disk = {os.path.relpath(os.path.join(d, n), out / "imgs")
+             for d, _, files in os.walk(out / "imgs") for n in files}
+  assert on_disk == listed
+  assert summary["train_identities"] == 3 and summary["val_identities"] == 1
+  assert summary["train_images"] == 26 and summary["val_images"] == 8
+  assert summary["identities_dropped_min_per_person"] == 1
+  assert summary["dropped_rows"]["min_per_person"] == 3
+
+
+def test_split_names():
+  assert convert_mot17.split_names(0.2) == ("train_80.txt", "val_20.txt")
+  assert convert_mot17.split_names(0.57) == ("train_43.txt", "val_57.txt")
+  assert convert_mot17.split_names(0.125) == ("train_87.5.txt", "val_12.5.txt")
+  assert convert_mot17.split_names(0.3) == ("train_70.txt", "val_30.txt")
+
+
+def test_val_split_057_file_names_and_disjoint(two_seqs):
+  out = two_seqs / "out"
+  convert_mot17.convert(str(two_seqs), str(out), val_split=0.57, min_per_person=1, num_workers=1)
+  assert sorted(os.listdir(out / "meta")) == ["train.txt", "train_43.txt", "val_57.txt"]
+  train = read_list(out / "meta" / "train_43.txt")
+  val = read_list(out / "meta" / "val_57.txt")
+  train_ids = {p.split("/")[0] for p, _ in train}
+  val_ids = {p.split("/")[0] for p, _ in val}
+  # int(5 * 0.43) = 2 train identities; identity splits are disjoint and labels contiguous.
+  assert train_ids == {"MOT17-02-FRCNN_000001", "MOT17-02-FRCNN_000002"}
+  assert not train_ids & val_ids and len(val_ids) == 3
+  assert sorted({label for _, label in train}) == [0, 1]
+  assert sorted({label for _, label in val}) == [0, 1, 2]
+  # Labels follow sorted folder order.
+  assert [label for p, label in val if p.startswith("MOT17-04-FRCNN_000012")][0] == 2
+
+
+# ---- Row filters ----
+
+
+def test_filters_class_flag_visibility_outside(tmp_path):
+  rows = (track(1, range(1, 11))
+          + track(2, range(1, 6), cls=7) + track(2, range(6, 11))       # static person rows
+          + track(3, range(1, 4), flag=0) + track(3, range(4, 11))      # consider flag 0 rows
+          + track(4, range(1, 6), vis=0.29) + track(4, range(6, 11), vis=0.3)  # 0.3 is kept
+          + track(5, range(1, 4), box=(W, 0, 10, 10))                   # starts at right edge
+          + track(5, range(4, 6), box=(-20, -20, 20, 20))               # ends at top-left corner
+          + track(5, range(6, 11), box=(-5, -5, 10, 10)))               # partly inside: kept
+  write_seq(tmp_path / "train", "MOT20-01", rows)
+  summary = convert_mot17.convert(str(tmp_path), str(tmp_path / "out"), val_split=0.2,
+                                  min_per_person=1, num_workers=1)
+  listed = read_list(tmp_path / "out" / "meta" / "train.txt")
+  frames = {}
+  for path, _ in listed:
+    folder, name = path.split("/")
+    frames.setdefault(folder, []).append(int(name[:6]))
+  assert frames == {
+      "MOT20-01_000001": list(range(1, 11)),
+      "MOT20-01_000002": list(range(6, 11)),
+      "MOT20-01_000003": list(range(4, 11)),
+      "MOT20-01_000004": list(range(6, 11)),
+      "MOT20-01_000005": list(range(6, 11)),
+  }
+  dropped = summary["dropped_rows"]
+  assert (dropped["class"], dropped["consider_flag"], dropped["visibility"]) == (5, 3, 5)
+  assert dropped["outside_image"] == 5
+
+
+def test_vis_threshold_flag(tmp_path):
+  write_seq(tmp_path / "train", "MOT20-01",
+            track(1, range(1, 11), vis=0.5) + track(2, range(1, 11), vis=0.8))
+  summary = convert_mot17.convert(str(tmp_path), str(tmp_path / "out"), vis_threshold=0.6,
+                                  min_per_person=1, num_workers=1)
+  listed = read_list(tmp_path / "out" / "meta" / "train.txt")
+  assert {p.split("/")[0] for p, _ in listed} == {"MOT20-01_000002"}
+  assert summary["dropped_rows"]["visibility"] == 10
+
+
+def test_mot15_rows_count_as_visible_pedestrians(tmp_path):
+  rows = [(f, 1, 5, 3, 10, 12, 1, -1, -1, -1) for f in range(1, 9)]
+  write_seq(tmp_path / "train", "TUD-Campus", rows)
+  convert_mot17.convert(str(tmp_path), str(tmp_path / "out"), num_workers=1)
+  listed = read_list(tmp_path / "out" / "meta" / "train.txt")
+  assert [p for p, _ in listed] == [f"TUD-Campus_000001/{f:06d}.jpg" for f in range(1, 9)]
+
+
+def test_min_and_max_per_person(tmp_path):
+  write_seq(tmp_path / "a" / "train", "MOT17-09-FRCNN",
+            track(1, range(1, 4)) + track(2, range(1, 21)) + track(3, range(1, 5)),
+            num_frames=20)
+
+  def subset(seed, input_dir="a"):
+    out = tmp_path / f"out-{input_dir}-{seed}"
+    summary = convert_mot17.convert(str(tmp_path / input_dir), str(out), min_per_person=4,
+                                    max_per_person=6, seed=seed, num_workers=1,
+                                    overwrite=True)
+    listed = read_list(out / "meta" / "train.txt")
+    return summary, [p for p, _ in listed if p.startswith("MOT17-09-FRCNN_000002/")], listed
+
+  summary, chosen, listed = subset(0)
+  assert "MOT17-09-FRCNN_000001" not in {p.split("/")[0] for p, _ in listed}  # 3 < 4
+  assert len([p for p, _ in listed if p.startswith("MOT17-09-FRCNN_000003/")]) == 4  # 4 == min
+  assert len(chosen) == 6 and chosen == sorted(chosen) and len(set(chosen)) == 6
+  assert summary["dropped_rows"]["min_per_person"] == 3
+  assert summary["dropped_rows"]["max_per_person"] == 14
+  assert subset(0)[1] == chosen  # Reproducible.
+  assert len({tuple(subset(seed)[1]) for seed in range(4)}) > 1  # The seed matters.
+  # The subset depends on (seed, identity name) only, not on other sequences being present.
+  write_seq(tmp_path / "b" / "train", "MOT17-09-FRCNN",
+            track(1, range(1, 4)) + track(2, range(1, 21)) + track(3, range(1, 5)),
+            num_frames=20)
+  write_seq(tmp_path / "b" / "train", "MOT17-05-FRCNN", track(4, range(1, 11)))
+  assert subset(0, "b")[1] == chosen
+
+
+# ---- Detector variants ----
+
+
+@pytest.mark.parametrize("variants,kept", [(("DPM", "FRCNN", "SDP"), "FRCNN"),
+                                           (("SDP", "DPM"), "DPM")])
+def test_detector_variants_deduplicated_by_name(tmp_path, variants, kept):
+  input_dir = tmp_path / "data" / "mot17"  # Lower case: MMDetection's path test misses this.
+  rows = track(1, range(1, 11)) + track(2, range(1, 11))
+  for v in variants:
+    write_seq(input_dir / "train", f"MOT17-02-{v}", rows)
+  write_seq(input_dir / "train", "MOT17-13-SDP", rows)  # Only one variant: kept as is.
+  summary = convert_mot17.convert(str(input_dir), val_split=0.5, num_workers=1)
+  folders = sorted(os.listdir(input_dir / "reid" / "imgs"))
+  assert folders == [f"MOT17-02-{kept}_000001", f"MOT17-02-{kept}_000002",
+                     "MOT17-13-SDP_000001", "MOT17-13-SDP_000002"]
+  assert summary["sequences"] == [f"MOT17-02-{kept}", "MOT17-13-SDP"]
+  assert summary["dropped_rows"]["duplicate_variant"] == 20 * (len(variants) - 1)
+
+
+@pytest.mark.parametrize("row,message", [
+    ("1.5,1,5,3,10,12,1,1,1.0", r":2: frame must be an integer, got 1.5"),
+    ("0,1,5,3,10,12,1,1,1.0", r":2: frame 0 outside 1\.\.10"),
+    ("1,-3,5,3,10,12,1,1,1.0", r":2: negative id -3"),
+    ("1,1,5,3,10,12,1,1,1.0", r":2: id 1 appears twice in frame 1 \(first on line 1\)"),
+    ("1,2,5,3,nan,12,1,1,1.0", r":2: non-finite number"),
+    ("1,2,5,3,10,12,1,1", r":2: expected 9 comma-separated columns"),
+])
+def test_read_gt_rejects_bad_rows(tmp_path, row, message):
+  gt = tmp_path / "gt.txt"
+  gt.write_text("1,1,5,3,10,12,1,1,1.0\n" + row + "\n")
+  with pytest.raises(convert_mot17.DataError, match=re.escape(str(gt)) + message):
+    convert_mot17.read_gt(str(gt), seq_length=10)
+
+
+def test_seqinfo_name_must_match_folder(tmp_path):
+  write_seq(tmp_path / "train", "MOT17-02-FRCNN", track(1, range(1, 9)),
+            seqinfo=f"[Sequence]\nname=MOT17-05-FRCNN\nimDir=img1\nseqLength=10\nimWidth={W}\n"
+                    f"imHeight={H}\nimExt=.png\n")
+  with pytest.raises(convert_mot17.DataError, match="does not match the folder name"):
+    convert_mot17.convert(str(tmp_path), str(tmp_path / "out"), num_workers=1)
+  assert not (tmp_path / "out").exists()
+
+
+# ---- Crop pixels ----
+
+
+def test_crops_are_exact_clipped_slices(tmp_path):
+  boxes = {
+      1: ((5, 3, 30, 20), (5, 3, 35, 23)),       # inside: exactly 30x20 -> 20 rows x 30 columns
+      2: ((-4, -6, 12, 16), (0, 0, 8, 10)),      # clipped at left/top
+      3: ((40, 22, 30, 30), (40, 22, W, H)),     # clipped at right/bottom
+      4: ((4.5, 2.4, 10.4, 7.7), (5, 2, 15, 10)),  # rounded half up: 4.5->5, 14.9->15, 10.1->10
+  }
+  rows = []
+  for tid, (box, _) in boxes.items():
+    rows += track(tid, [2, 7], box=box)
+  write_seq(tmp_path / "train", "MOT17-11-FRCNN", rows)
+  out = tmp_path / "out"
+  convert_mot17.convert(str(tmp_path), str(out), min_per_person=1, jpeg_quality=100,
+                        num_workers=1)
+  for tid, (_, (left, top, right, bottom)) in boxes.items():
+    for frame in (2, 7):
+      crop_path = out / "imgs" / f"MOT17-11-FRCNN_{tid:06d}" / f"{frame:06d}.jpg"
+      crop = np.asarray(Image.open(crop_path).convert("RGB")).astype(int)
+      source = frame_pixels(frame).astype(int)
+      assert crop.shape == (bottom - top, right - left, 3)
+      assert np.abs(crop - source[top:bottom, left:right]).mean() < 0.5
+      # A one-pixel shift or the other frame would differ by 2-3 grey levels everywhere.
+      other = frame_pixels(9 - frame).astype(int)
+      assert np.abs(crop - other[top:bottom, left:right]).mean() > 1.5
+
+
+def test_crop_box_rounding():
+  row = lambda *box: convert_mot17.GtRow(1, 1, 1, *box, 1, 1, 1.0)
+  assert convert_mot17.crop_box(row(10, 20, 30, 40), 100, 100) == (10, 20, 40, 60)
+  assert convert_mot17.crop_box(row(-0.6, 0.49, 5, 5), 100, 100) == (0, 0, 4, 5)
+  assert convert_mot17.crop_box(row(99.5, 0, 5, 5), 100, 100) is None
+  assert convert_mot17.crop_box(row(10, 10, 0.2, 5), 100, 100) is None  # rounds to zero width
+
+
+# ---- Determinism ----
+
+
+def test_byte_identical_across_runs_and_workers(two_seqs):
+  convert_mot17.convert(str(two_seqs), str(two_seqs / "w1"), min_per_person=1, num_workers=1)
+  convert_mot17.convert(str(two_seqs), str(two_seqs / "w2"), min_per_person=1, num_workers=2)
+  convert_mot17.convert(str(two_seqs), str(two_seqs / "w1b"), min_per_person=1, num_workers=1)
+  first = tree_bytes(two_seqs / "w1")
+  assert len(first) == 37 + 3  # 37 crops + 3 lists
+  assert tree_bytes(two_seqs / "w2") == first
+  assert tree_bytes(two_seqs / "w1b") == first
+
+
+# ---- Output safety ----
+
+
+def test_refuses_non_empty_output_and_replaces_with_overwrite(two_seqs):
+  out = two_seqs / "reid"
+  convert_mot17.convert(str(two_seqs), str(out), num_workers=1)
+  old = tree_bytes(out)
+  with pytest.raises(convert_mot17.DataError, match="not empty"):
+    convert_mot17.convert(str(two_seqs), str(out), num_workers=1)
+  assert tree_bytes(out) == old
+  # --overwrite replaces (never appends): new lists, no stale crops from the old run.
+  convert_mot17.convert(str(two_seqs), str(out), min_per_person=1, overwrite=True, num_workers=1)
+  new = tree_bytes(out)
+  assert "imgs/MOT17-02-FRCNN_000002/000001.jpg" in new
+  assert len(new["meta/train.txt"].splitlines()) == 37
+  # Nothing left next to the output (no temp or moved-aside directories).
+  assert sorted(os.listdir(two_seqs)) == ["reid", "train"]
+
+
+def test_overwrite_keeps_old_output_when_new_run_fails(two_seqs, monkeypatch):
+  out = two_seqs / "reid"
+  convert_mot17.convert(str(two_seqs), str(out), num_workers=1)
+  old = tree_bytes(out)
+  # Fails validation: a garbled gt row.
+  gt = two_seqs / "train" / "MOT17-04-FRCNN" / "gt" / "gt.txt"
+  good_gt = gt.read_text()
+  gt.write_text(good_gt + "11,3,5,3,oops,12,1,1,1.0\n")
+  with pytest.raises(convert_mot17.DataError, match=r"gt\.txt:17: not a number"):
+    convert_mot17.convert(str(two_seqs), str(out), overwrite=True, num_workers=1)
+  assert tree_bytes(out) == old
+  # Fails half-way through writing crops.
+  gt.write_text(good_gt)
+  calls = []
+
+  def failing_write(task, jpeg_quality):
+    calls.append(task)
+    if len(calls) == 3:
+      raise OSError("disk full")
+    return 0
+
+  monkeypatch.setattr(convert_mot17, "_write_frame", failing_write)
+  with pytest.raises(OSError, match="disk full"):
+    convert_mot17.convert(str(two_seqs), str(out), overwrite=True, num_workers=1)
+  assert tree_bytes(out) == old
+  assert sorted(os.listdir(two_seqs)) == ["reid", "train"]
+
+
+def test_refuses_dangerous_outputs(two_seqs, tmp_path):
+  for bad in (two_seqs, two_seqs / "train", two_seqs / "train" / "reid"):
+    with pytest.raises(convert_mot17.DataError, match="input's"):
+      convert_mot17.convert(str(two_seqs), str(bad), overwrite=True, num_workers=1)
+  foreign = tmp_path / "home"
+  foreign.mkdir()
+  (foreign / "thesis.tex").write_text("precious")
+  with pytest.raises(convert_mot17.DataError, match="not a converter output"):
+    convert_mot17.convert(str(two_seqs), str(foreign), overwrite=True, num_workers=1)
+  assert (foreign / "thesis.tex").read_text() == "precious"
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  convert_mot17.convert(str(two_seqs), str(empty), num_workers=1)  # An empty dir is fine.
+  assert (empty / "meta" / "train_80.txt").exists()
+
+
+# ---- Command line ----
+
+
+def test_cli_converts_and_prints_summary(two_seqs):
+  result = run_cli(f"--input_dir={two_seqs}", "--num_workers=2")
+  assert result.returncode == 0, result.stderr
+  assert "train: 3 identities, 26 images" in result.stderr
+  assert (two_seqs / "reid" / "meta" / "val_20.txt").exists()
+
+
+def _bad_inputs():
+  """(name, setup(input_dir) -> expected message regex, extra flags)."""
+  def no_train(d):
+    d.mkdir()
+    return rf"{re.escape(str(d / 'train'))}: no such directory"
+
+  def no_seqinfo(d):
+    os.remove(write_seq(d / "train", "MOT17-02-FRCNN", track(1, range(1, 9))) + "/seqinfo.ini")
+    return r"MOT17-02-FRCNN/seqinfo\.ini: missing seqinfo\.ini"
+
+  def seqinfo_missing_key(d):
+    write_seq(d / "train", "MOT17-02-FRCNN", track(1, range(1, 9)),
+              seqinfo="[Sequence]\nname=MOT17-02-FRCNN\nimDir=img1\nseqLength=10\nimWidth=50\n"
+                      "imExt=.png\n")
+    return r"seqinfo\.ini: missing key 'imHeight'"
+
+  def seqinfo_not_number(d):
+    write_seq(d / "train", "MOT17-02-FRCNN", track(1, range(1, 9)),
+              seqinfo="[Sequence]\nname=MOT17-02-FRCNN\nimDir=img1\nseqLength=10\nimWidth=fifty\n"
+                      "imHeight=30\nimExt=.png\n")
+    return r"seqinfo\.ini:5: imWidth must be a positive integer, got 'fifty'"
+
+  def seqinfo_garbled(d):
+    write_seq(d / "train", "MOT17-02-FRCNN", track(1, range(1, 9)),
+              seqinfo="[Sequence]\nname=MOT17-02-FRCNN\nthis is not ini\n")
+    return r"seqinfo\.ini:3: expected 'key=value'"
+
+  def gt_columns(d):
+    rows = track(1, range(1, 9))
+    rows[4] = rows[4][:7]
+    write_seq(d / "train", "MOT17-02-FRCNN", rows)
+    return r"gt/gt\.txt:5: expected 9 comma-separated columns .*got 7"
+
+  def gt_not_number(d):
+    rows = track(1, range(1, 9))
+    rows[2] = (3, 1, 5, "x", 10, 12, 1, 1, 1.0)
+    write_seq(d / "train", "MOT17-02-FRCNN", rows)
+    return r"gt/gt\.txt:3: not a number"
+
+  def gt_frame_beyond_length(d):
+    write_seq(d / "train", "MOT17-02-FRCNN", track(1, range(1, 9)) + track(2, [11]))
+    return r"gt/gt\.txt:9: frame 11 outside 1\.\.10"
+
+  def image_missing(d):
+    seq = write_seq(d / "train", "MOT17-02-FRCNN", track(1, range(1, 9)))
+    os.remove(os.path.join(seq, "img1", "000004.png"))
+    return r"img1/000004\.png: missing image \(referenced by .*gt/gt\.txt:4\)"
+
+  def zero_identities(d):
+    write_seq(d / "train", "MOT17-02-FRCNN", track(1, range(1, 5)))
+    return r"train: no identities left after filtering"
+
+  return [no_train, no_seqinfo, seqinfo_missing_key, seqinfo_not_number, seqinfo_garbled,
+          gt_columns, gt_not_number, gt_frame_beyond_length, image_missing, zero_identities]
+
+
+@pytest.mark.parametrize("setup", _bad_inputs(), ids=lambda f: f.__name__)
+def test_cli_bad_input_is_one_line_error(tmp_path, setup):
+  input_dir = tmp_path / "in"
+  expected = setup(input_dir)
+  result = run_cli(f"--input_dir={input_dir}", "--num_workers=1")
+  assert result.returncode != 0
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+  assert lines[0].startswith("error: ") and re.search(expected, lines[0]), lines[0]
+  if input_dir.exists():  # Nothing written, not even a temporary directory.
+    assert not [n for n in os.listdir(input_dir) if n == "reid" or n.startswith(".")]
+
+
+@pytest.mark.parametrize("val_split", ["0", "1", "1.5", "-0.2"])
+def test_cli_rejects_val_split_outside_open_interval(two_seqs, val_split):
+  result = run_cli(f"--input_dir={two_seqs}", f"--val_split={val_split}")
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines() == [
+      f"error: --val_split must be in (0, 1), got {float(val_split)}"]
+  assert not (two_seqs / "reid").exists()
+
+
+# ---- Integration with the synthetic renderer ----
+
+
+def test_synthetic_dataset_converts(tmp_path):
+  synthetic_mot = pytest.importorskip("synthetic_mot")
+  data = tmp_path / "SYNTH17"
+  synthetic_mot.render_dataset(str(data), seed=0, num_sequences=2, num_frames=20, num_people=6,
+                               width=320, height=180, variants=("DPM", "FRCNN"), num_workers=1)
+  summary = convert_mot17.convert(str(data), min_per_person=4, num_workers=1)
+  assert summary["sequences"] == ["SYNTH17-01-FRCNN", "SYNTH17-02-FRCNN"]
+  assert summary["duplicate_variant_sequences"] == ["SYNTH17-01-DPM", "SYNTH17-02-DPM"]
+  assert summary["train_identities"] > 0 and summary["val_identities"] > 0
+  train = read_list(data / "reid" / "meta" / "train_80.txt")
+  for path, _ in train[:20]:
+    assert Image.open(data / "reid" / "imgs" / path).size[0] > 0
