@@ -644,16 +644,20 @@ def render_dataset(output_dir: str, *, seed: int = 0, num_sequences: int = 6,
 # ---- Command line ----
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", None, "Dataset root to create (gets a MOT17-style train/).")
-flags.DEFINE_integer("seed", 0, "Random seed; the output is a pure function of all flags.")
-flags.DEFINE_integer("num_sequences", 6, "Number of sequences.")
-flags.DEFINE_integer("num_frames", 150, "Frames per sequence.")
-flags.DEFINE_integer("num_people", 30, "Identities per sequence (about 60% are in view at once).")
-flags.DEFINE_integer("width", 640, "Image width in pixels.")
-flags.DEFINE_integer("height", 360, "Image height in pixels; people are 16-50% of it tall.")
-flags.DEFINE_list("variants", ["FRCNN"], "Detector copies to write, any of DPM,FRCNN,SDP.")
-flags.DEFINE_integer("num_workers", None, "Processes rendering sequences (default: all cores).")
-flags.DEFINE_bool("overwrite", False, "Replace a non-empty output_dir.")
+
+
+def define_flags() -> None:
+  """Declares the command-line flags (only when run as a script: other CLIs share names)."""
+  flags.DEFINE_string("output_dir", None, "Dataset root to create (gets a MOT17-style train/).")
+  flags.DEFINE_integer("seed", 0, "Random seed; the output is a pure function of all flags.")
+  flags.DEFINE_integer("num_sequences", 6, "Number of sequences.")
+  flags.DEFINE_integer("num_frames", 150, "Frames per sequence.")
+  flags.DEFINE_integer("num_people", 30, "Identities per sequence (about 60% are in view at once).")
+  flags.DEFINE_integer("width", 640, "Image width in pixels.")
+  flags.DEFINE_integer("height", 360, "Image height in pixels; people are 16-50% of it tall.")
+  flags.DEFINE_list("variants", ["FRCNN"], "Detector copies to write, any of DPM,FRCNN,SDP.")
+  flags.DEFINE_integer("num_workers", None, "Processes rendering sequences (default: all cores).")
+  flags.DEFINE_bool("overwrite", False, "Replace a non-empty output_dir.")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -674,4 +678,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
