@@ -14,3 +14,18 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def synthetic_reid(tmp_path_factory):
+  """A small rendered MOT17-layout dataset converted to imgs/ + meta/; returns the reid root."""
+  import convert_mot17
+  import synthetic_mot
+
+  root = tmp_path_factory.mktemp("synthetic")
+  synthetic_mot.render_dataset(str(root / "MOT"), seed=0, num_sequences=3, num_frames=60,
+                               num_people=12, width=320, height=180, num_workers=2)
+  convert_mot17.convert(str(root / "MOT"), str(root / "reid"), val_split=0.2, num_workers=2)
+  return root / "reid"

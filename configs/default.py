@@ -1,0 +1,91 @@
+"""Every knob of train.py, with defaults; other configs import this and override."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the default configuration (the MMDet-style recipe on MOT17 paths)."""
+  config = ml_collections.ConfigDict()
+
+  # ---- Data ----
+  config.data = ml_collections.ConfigDict()
+  config.data.root = 'data/MOT17/reid'       # holds image_dir/ and the lists below
+  config.data.image_dir = 'imgs'             # MMDet's data_prefix, relative to root
+  config.data.train_list = 'meta/train_80.txt'
+  config.data.val_list = 'meta/val_20.txt'   # '' disables evaluation
+  config.data.image_size = (256, 128)        # (H, W); aspect ratio is not kept, as MMDet
+  config.data.k = 4                          # images per identity; P = batch_size // k
+  config.data.augment = ml_collections.ConfigDict()
+  config.data.augment.flip = True
+  config.data.augment.pad = 0                # pad then random crop back (BoT uses 10)
+  config.data.augment.erasing_prob = 0.0     # random erasing (BoT uses 0.5)
+  config.data.augment.erasing_area = (0.02, 0.4)
+  config.data.augment.erasing_aspect = (0.3, 3.33)
+  config.data.augment.color_jitter = 0.0
+  # Training classes; 0 derives them from the training list (a non-zero value must agree).
+  config.num_classes = 0
+
+  # ---- Batch and length ----
+  config.batch_size = 256                    # global images per step = P x K, over all devices
+  # What one epoch means for num_epochs/decay_epochs/warmup_epochs:
+  #   'identities': every training identity once (ceil(num_ids / P) steps);
+  #   'mmdet': MMDet's epoch, one 32-image P x K sample per training-list line
+  #            (ceil(num_lines * 32 / batch_size) steps; with batch_size 256 that is MMDet's
+  #            iteration count on 8 GPUs x 32 images).
+  config.epoch = 'identities'
+  config.num_epochs = 6.0
+  config.num_train_steps = 0                 # > 0 overrides num_epochs
+
+  # ---- Model (models.create_model) ----
+  config.model = ml_collections.ConfigDict()
+  config.model.depth = 50                    # ResNet 18/34/50/101/152
+  config.model.width = 64                    # base filters; tiny test models use 8
+  config.model.last_stride = 2               # BoT uses 1
+  config.model.head = 'linear'               # 'linear' (MMDet) or 'bnneck' (BoT)
+  config.model.pooling = 'avg'               # 'avg' or 'gem' (bnneck head)
+  config.model.hidden_dim = 1024             # linear head
+  config.model.embed_dim = 128               # linear head
+  config.model.dtype = 'float32'             # compute dtype: 'float32' or 'bfloat16'
+  config.model.init_from = ''                # local ImageNet weights (.pth/.safetensors/.npz)
+
+  # ---- Losses ----
+  config.loss = ml_collections.ConfigDict()
+  config.loss.ce_weight = 1.0
+  config.loss.label_smoothing = 0.0
+  config.loss.triplet_weight = 1.0
+  config.loss.triplet_margin = 0.3
+  config.loss.triplet_soft_margin = False    # log(1 + exp(d_ap - d_an)) instead of the margin
+
+  # ---- Optimizer (optax) ----
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = 'sgd'              # 'sgd', 'adam' (L2 like torch), 'adamw'
+  config.optimizer.lr = 0.1
+  config.optimizer.momentum = 0.9            # sgd
+  config.optimizer.nesterov = False          # sgd
+  config.optimizer.b1 = 0.9                  # adam/adamw
+  config.optimizer.b2 = 0.999                # adam/adamw
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.decay_bn_and_bias = True  # False: no weight decay on BN and bias (BoT)
+
+  # ---- Learning-rate schedule ----
+  config.schedule = ml_collections.ConfigDict()
+  config.schedule.name = 'multistep'         # 'multistep' or 'cosine'
+  config.schedule.warmup_steps = 1000        # linear warmup; total = steps + epochs * steps/epoch
+  config.schedule.warmup_epochs = 0.0
+  config.schedule.warmup_factor = 1e-3       # warmup starts at lr * warmup_factor
+  config.schedule.decay_epochs = (5.0,)      # multistep: lr *= decay_factor at each
+  config.schedule.decay_factor = 0.1
+
+  # ---- Evaluation ----
+  config.eval = ml_collections.ConfigDict()
+  config.eval.every_steps = 0                # 0: once per epoch (and always at the end)
+  config.eval.batch_size = 256
+  config.eval.normalize = False              # L2-normalise embeddings before distances
+  config.eval.frame_gap = 0                  # > 0: also report the frame-gap protocol
+
+  # ---- Logging and checkpoints ----
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3                # the latest k, plus the best by val mAP
+  config.seed = 0
+  return config

@@ -1,0 +1,26 @@
+"""MMDet's reid_r50_8xb32-6e_mot17train80_test-mot17val20 recipe.
+
+MMDet trains 6 epochs on 8 GPUs x 32 images (one P8 x K4 sample per GPU), where one epoch is one
+32-image sample per line of train_80.txt, i.e. len(train_80.txt) / 8 iterations of 256 images.
+Here the same is `epoch='mmdet'` with a global batch of 256 = P64 x K4: one step per 8 lines,
+6 epochs, lr x0.1 at the start of epoch 5 (step 5 * steps_per_epoch), linear warmup over the first
+1000 steps from lr x 1e-3. Identities are P-sampled per epoch order instead of MMDet's random
+anchors, and the triplet loss mines over all 256 images instead of each GPU's 32.
+"""
+
+from configs import default
+
+
+def get_config():
+  """Returns the MMDet MOT17 recipe."""
+  config = default.get_config()
+  config.data.root = 'data/MOT17/reid'
+  config.data.train_list = 'meta/train_80.txt'
+  config.data.val_list = 'meta/val_20.txt'
+  config.batch_size = 256
+  config.epoch = 'mmdet'
+  config.num_epochs = 6.0
+  config.schedule.decay_epochs = (5.0,)
+  config.model.init_from = ''  # set to your ImageNet ResNet-50 file, see README
+  config.checkpoint_every_steps = 1000
+  return config
