@@ -364,16 +364,24 @@ def _undecodable_image_error(data: input_pipeline.FileList, error: Exception) ->
   return f'{data.source}: reading the images failed: {error}'
 
 
+@functools.lru_cache(maxsize=4)
+def _mesh_and_embed_fn(model: models.ReIDModel, normalize: bool,
+                       flip_tta: bool) -> tuple[jax.sharding.Mesh, Callable]:
+  """One mesh over all devices and its embed function, kept so repeated lists compile once."""
+  mesh = jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  eval_config = ml_collections.ConfigDict({'eval': {'normalize': normalize}})
+  return mesh, make_embed_fn(model, eval_config, mesh, flip_tta)
+
+
 def embed_images(config: ml_collections.ConfigDict, model: models.ReIDModel, variables: Any,
                  data: input_pipeline.FileList, flip_tta: bool = False) -> np.ndarray:
   """(N, D) test embeddings of a filelist on every local device, as train.py's evaluation."""
-  mesh = jax.make_mesh((jax.device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh, embed_fn = _mesh_and_embed_fn(model, bool(config.eval.normalize), flip_tta)
   config = ml_collections.ConfigDict(config.to_dict())
   # The training machine may have had another device count: round the batch up to fit this one.
   config.eval.batch_size = -(-config.eval.batch_size // jax.device_count()) * jax.device_count()
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  embed_fn = make_embed_fn(model, config, mesh, flip_tta)
   try:
     return embed_filelist(embed_fn, jax.device_put(variables, replicated), data, config, mesh)
   except tf.errors.OpError as e:
@@ -406,6 +414,7 @@ def load_checkpoint(workdir: str, checkpoint: str = 'best'
   Works on any topology: the checkpoint is restored onto one device whatever wrote it.
   """
   config = load_config(workdir)
+  checkpoint = str(checkpoint)  # the Python API also takes a step as an int
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   if not os.path.isdir(directory):
     raise ValueError(f'{directory}: no checkpoints (has training saved one yet?)')
@@ -518,10 +527,6 @@ class Embedder:
 # ---- Command line: shared ----
 
 
-def _read_list(list_path: str, image_root: str) -> input_pipeline.FileList:
-  return input_pipeline.read_filelist(list_path, image_root)
-
-
 def _default_list(config: ml_collections.ConfigDict, list_path: str | None) -> str:
   """--list, or the config's val list (relative to config.data.root)."""
   if list_path:
@@ -617,12 +622,13 @@ def evaluate_checkpoint(workdir: str, checkpoint: str = 'best', *, list_path: st
             'protocol': protocol, 'flip_tta': flip_tta, 'normalize': bool(config.eval.normalize),
             'image_size': list(config.data.image_size)}
   if query_list:
-    query, gallery = _read_list(query_list, root), _read_list(gallery_list, root)
+    query = input_pipeline.read_filelist(query_list, root)
+    gallery = input_pipeline.read_filelist(gallery_list, root)
     name = f'{_list_name(query_list)}_vs_{_list_name(gallery_list)}'
     result.update(mode='query-gallery', query_list=query_list, gallery_list=gallery_list)
   else:
     list_path = _default_list(config, list_path)
-    query = gallery = _read_list(list_path, root)
+    query = gallery = input_pipeline.read_filelist(list_path, root)
     name = _list_name(list_path)
     result.update(mode='all-vs-all', list=list_path)
     if protocol == 'frame_gap':
@@ -697,11 +703,12 @@ def export_embeddings(workdir: str, checkpoint: str = 'best', *, list_path: str 
   config = load_config(workdir)
   list_path = _default_list(config, list_path)
   root = _default_image_root(config, image_root)
-  data = _read_list(list_path, root)
+  data = input_pipeline.read_filelist(list_path, root)
   config, model, variables, step = load_checkpoint(workdir, checkpoint)
   output = output or os.path.join(workdir, f'embeddings_{_list_name(list_path)}_step{step}.npz')
   _check_output(output, overwrite)
-  embeddings = np.asarray(_l2_normalize(embed_images(config, model, variables, data, flip_tta)))
+  embeddings = embed_images(config, model, variables, data, flip_tta)
+  embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
   arrays = {'embeddings': embeddings.astype(np.float32), 'paths': np.asarray(data.paths),
             'labels': data.labels, 'step': np.int64(step), 'list': np.asarray(list_path),
             'image_root': np.asarray(root), 'flip_tta': np.bool_(flip_tta),
@@ -723,9 +730,12 @@ GREEN, RED, QUERY_COLOR = (0, 170, 0), (220, 0, 0), (60, 60, 60)
 def rank_gallery(embeddings: np.ndarray, queries: Sequence[int],
                  top_k: int) -> tuple[np.ndarray, np.ndarray]:
   """All-vs-all top-k (indices, Euclidean distances) of each query, self excluded, ties by index."""
-  x = np.asarray(embeddings, np.float64)
+  x = np.asarray(embeddings, np.float32)
   queries = np.asarray(queries, np.int64)
-  d2 = np.sum((x[queries, None, :] - x[None, :, :]) ** 2, axis=-1)
+  d2 = np.empty((len(queries), len(x)))
+  for row, query in enumerate(queries):  # one (N, D) difference at a time bounds the memory
+    diff = x - x[query]
+    d2[row] = np.einsum('nd,nd->n', diff, diff, dtype=np.float64)
   d2[np.arange(len(queries)), queries] = np.inf
   order = np.argsort(d2, axis=1, kind='stable')[:, :top_k]
   return order, np.sqrt(np.take_along_axis(d2, order, axis=1))
@@ -749,8 +759,7 @@ def _thumbnail(path: str, size: tuple[int, int]) -> Image.Image:
 def draw_ranked_lists(data: input_pipeline.FileList, queries: Sequence[int], ranked: np.ndarray,
                       distances: np.ndarray, ap: np.ndarray,
                       image_size: tuple[int, int]) -> Image.Image:
-  """One row per query: the query (grey border, its AP), then its ranked gallery crops with a
-  green (same identity) or red border and the distance underneath."""
+  """Rows of query (grey border, AP) + ranked crops (green: same identity, else red; distance)."""
   thumb = (max(1, round(THUMB_HEIGHT * image_size[1] / image_size[0])), THUMB_HEIGHT)  # (W, H)
   cell_w, cell_h = thumb[0] + 2 * BORDER, thumb[1] + 2 * BORDER + CAPTION_HEIGHT
   top_k = ranked.shape[1]
@@ -787,7 +796,7 @@ def visualize_checkpoint(workdir: str, checkpoint: str = 'best', *,
     raise ValueError(f'--num_queries and --top_k must be >= 1, got {num_queries} and {top_k}')
   config = load_config(workdir)
   list_path = _default_list(config, list_path)
-  data = _read_list(list_path, _default_image_root(config, image_root))
+  data = input_pipeline.read_filelist(list_path, _default_image_root(config, image_root))
   if data.num_images < 2:
     raise ValueError(f'{list_path}: needs at least 2 images for a ranked list')
   config, model, variables, step = load_checkpoint(workdir, checkpoint)
