@@ -872,17 +872,21 @@ def run(fv: flags.FlagValues) -> str:
   return f"wrote {drawn['output']} ({len(drawn['queries'])} queries, step {drawn['step']})"
 
 
-class _QuietOrbax(std_logging.Filter):
-  """Drops orbax's read-only and restore chatter; its warnings are not the user's concern here."""
+class QuietOrbax(std_logging.Filter):
+  """Drops orbax's log records below `level` (per-save progress, read-only notices)."""
+
+  def __init__(self, level: int = std_logging.ERROR):
+    super().__init__()
+    self.level = level
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.ERROR or f'{os.sep}orbax{os.sep}' not in record.pathname
+    return record.levelno >= self.level or f'{os.sep}orbax{os.sep}' not in record.pathname
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietOrbax())
+  logging.get_absl_handler().addFilter(QuietOrbax())
   try:
     print(run(FLAGS))
   except (ValueError, OSError) as e:

@@ -401,13 +401,6 @@ def initialize_distributed():
     jax.distributed.initialize()
 
 
-class QuietOrbax(std_logging.Filter):
-  """Drops orbax's per-save INFO chatter so the progress lines stay readable."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or f'{os.sep}orbax{os.sep}' not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -415,7 +408,7 @@ def main(argv):
     raise app.UsageError('--workdir is required')
   if FLAGS.config is None:
     raise app.UsageError('--config is required, e.g. --config=configs/mot17.py')
-  logging.get_absl_handler().addFilter(QuietOrbax())
+  logging.get_absl_handler().addFilter(evaluate.QuietOrbax(std_logging.WARNING))
   initialize_distributed()
   logging.info('JAX %s: %d processes, %d devices (%s)', jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)

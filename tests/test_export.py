@@ -1,0 +1,224 @@
+"""Tests for export.py: ONNX parity with the JAX model, the tracker contract, sidecar, safety."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import onnx
+import pytest
+from test_train import tiny_config
+
+import evaluate
+import export
+import input_pipeline
+import models
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE_SIZE = (32, 16)
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory, synthetic_reid):
+  """A tiny ResNet-18/BNNeck workdir trained for a few steps (BN statistics have moved)."""
+  config = tiny_config(str(synthetic_reid))
+  config.num_train_steps = 5
+  config.eval.every_steps = 5
+  path = str(tmp_path_factory.mktemp('export') / 'run')
+  train.train_and_evaluate(config, path)
+  return path
+
+
+@pytest.fixture(scope='module')
+def exported(workdir, tmp_path_factory):
+  """(path of reid.onnx, its sidecar dict as written) from the default export."""
+  output = str(tmp_path_factory.mktemp('onnx') / 'reid.onnx')
+  export.export_workdir(workdir, output)
+  with open(output[:-len('.onnx')] + '.json') as f:
+    return output, json.load(f)
+
+
+def nchw_images(batch: int, seed: int = 0) -> np.ndarray:
+  return np.random.default_rng(seed).standard_normal((batch, 3, *IMAGE_SIZE)).astype(np.float32)
+
+
+def jax_embed(model, variables, images_nchw, normalize=True) -> np.ndarray:
+  """The reference: the Flax model itself on NHWC input."""
+  images = jnp.transpose(jnp.asarray(images_nchw), (0, 2, 3, 1))
+  if normalize:
+    return np.asarray(model.apply(variables, images, train=False, method=models.ReIDModel.embed))
+  return np.asarray(model.apply(variables, images, train=False).embedding)
+
+
+def random_variables(model: models.ReIDModel, seed: int):
+  """Random weights with non-trivial BN statistics and affine terms, so a wrong fold shows.
+
+  Drawn with NumPy on the shapes of model.init: Flax's own init of a ResNet-50 takes ~10 s on a CPU.
+  """
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *IMAGE_SIZE, 3)))
+
+  def draw(path, x):
+    leaf = jax.tree_util.keystr(path)
+    if leaf.endswith("['kernel']"):  # He-normal over the fan-in, as for the ResNet's ReLUs
+      return rng.normal(0.0, np.sqrt(2.0 / np.prod(x.shape[:-1])), x.shape).astype(np.float32)
+    if leaf.endswith("['var']"):
+      return rng.uniform(0.5, 2.0, x.shape).astype(np.float32)
+    if leaf.endswith(("['mean']", "['bias']")):
+      return rng.normal(0.0, 0.2, x.shape).astype(np.float32)
+    if leaf.endswith("['scale']"):
+      return rng.uniform(0.5, 1.5, x.shape).astype(np.float32)
+    assert leaf.endswith("['p']"), leaf
+    return rng.uniform(2.0, 4.0, x.shape).astype(np.float32)  # GeM's learnt exponent
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+# ---- Parity with JAX ----
+
+
+@pytest.mark.parametrize('batch', [1, 32])
+def test_onnx_matches_jax_on_trained_workdir(workdir, exported, batch):
+  path, _ = exported
+  _, model, variables, _ = evaluate.load_checkpoint(workdir, 'best')
+  images = nchw_images(batch, seed=batch)
+  actual = export.run_onnx(path, images)
+  expected = jax_embed(model, variables, images)
+  assert actual.shape == expected.shape == (batch, 64)
+  assert np.max(np.abs(actual - expected)) <= 1e-4
+  np.testing.assert_allclose(np.linalg.norm(actual, axis=1), 1.0, atol=1e-5)
+  if batch > 1:  # different crops, different features
+    assert np.min(np.linalg.norm(actual[1:] - actual[0], axis=1)) > 1e-3
+
+
+@pytest.mark.parametrize('kwargs,opset', [
+    (dict(depth=50, width=4, head='linear', pooling='gem', last_stride=1), 12),
+    (dict(depth=18, width=8, head='bnneck', pooling='avg', last_stride=2), 18),
+])
+def test_every_architecture_matches_jax_with_folded_batch_norm(kwargs, opset):
+  model = models.ReIDModel(num_classes=7, **kwargs)
+  variables = random_variables(model, seed=1)
+  images = nchw_images(4)
+  raw = jax_embed(model, variables, images, normalize=False)
+  for normalize in (True, False):
+    onnx_model = export.to_onnx(model, variables, IMAGE_SIZE, normalize=normalize, opset=opset)
+    assert 'BatchNormalization' not in {node.op_type for node in onnx_model.graph.node}
+    expected = raw / np.linalg.norm(raw, axis=1, keepdims=True) if normalize else raw
+    actual = export.run_onnx(onnx_model, images)
+    scale = max(1.0, np.max(np.abs(expected)))
+    assert np.max(np.abs(actual - expected)) <= 1e-4 * scale, (normalize, opset)
+
+
+def test_bfloat16_model_exports_float32_weights():
+  model = models.ReIDModel(num_classes=0, depth=18, width=8, head='bnneck', dtype=jnp.bfloat16)
+  variables = random_variables(model, seed=2)
+  onnx_model = export.to_onnx(model, variables, IMAGE_SIZE)
+  images = nchw_images(2)
+  expected = jax_embed(model.clone(dtype=jnp.float32), variables, images)
+  assert np.max(np.abs(export.run_onnx(onnx_model, images) - expected)) <= 1e-4
+
+
+# ---- The tracker contract ----
+
+
+def test_graph_has_tracker_names_and_dynamic_batch(exported):
+  path, _ = exported
+  onnx_model = onnx.load(path)
+  onnx.checker.check_model(onnx_model)
+  assert [i.name for i in onnx_model.graph.input] == ['images']
+  assert [o.name for o in onnx_model.graph.output] == ['output']
+  in_dims = onnx_model.graph.input[0].type.tensor_type.shape.dim
+  out_dims = onnx_model.graph.output[0].type.tensor_type.shape.dim
+  assert in_dims[0].dim_param and not in_dims[0].HasField('dim_value')
+  assert [d.dim_value for d in in_dims[1:]] == [3, *IMAGE_SIZE]
+  assert out_dims[0].dim_param and out_dims[1].dim_value == 64
+  assert onnx_model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+  assert [o.version for o in onnx_model.opset_import if o.domain in ('', 'ai.onnx')] == [17]
+  assert 'BatchNormalization' not in {node.op_type for node in onnx_model.graph.node}
+  # One session, several batch sizes: the batch axis really is dynamic.
+  assert export.run_onnx(path, nchw_images(3)).shape == (3, 64)
+
+
+def test_sidecar_describes_preprocessing_and_source(workdir, exported):
+  path, meta = exported
+  config, _, _, step = evaluate.load_checkpoint(workdir, 'best')
+  assert meta['input_name'] == 'images' and meta['output_name'] == 'output'
+  assert meta['input_size'] == {'height': 32, 'width': 16}
+  assert meta['layout'] == 'NCHW' and meta['color_order'] == 'RGB'
+  assert meta['embedding_size'] == 64 and meta['normalized'] is True
+  assert meta['source'] == {'workdir': os.path.abspath(workdir), 'checkpoint': 'best',
+                            'step': step}
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert meta['config'] == json.load(f)
+  assert meta['opset'] == 17 and meta['parity_error'] <= 1e-4
+  # Following the sidecar on uint8 pixels gives what the training pipeline feeds the model.
+  pixels = np.random.default_rng(0).integers(0, 256, (2, *IMAGE_SIZE, 3), dtype=np.uint8)
+  expected = np.asarray(input_pipeline.normalize_images(jnp.asarray(pixels)))
+  for mean, std, divide in ((meta['mean'], meta['std'], 255.0),
+                            (meta['mean_255'], meta['std_255'], 1.0)):
+    ours = (pixels / divide - np.array(mean)) / np.array(std)
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def test_raw_export_returns_unnormalized_embedding(workdir, tmp_path):
+  output = str(tmp_path / 'raw.onnx')
+  meta = export.export_workdir(workdir, output, normalize=False, opset=12)
+  _, model, variables, _ = evaluate.load_checkpoint(workdir, 'best')
+  images = nchw_images(4)
+  actual = export.run_onnx(output, images)
+  expected = jax_embed(model, variables, images, normalize=False)
+  assert np.max(np.abs(actual - expected)) <= 1e-4 * max(1.0, np.max(np.abs(expected)))
+  assert not np.allclose(np.linalg.norm(actual, axis=1), 1.0, atol=1e-2)
+  assert meta['normalized'] is False
+  assert json.loads((tmp_path / 'raw.json').read_text())['normalized'] is False
+
+
+# ---- Safety and errors ----
+
+
+def test_refuses_to_overwrite_and_replaces_with_overwrite(workdir, tmp_path):
+  output = tmp_path / 'reid.onnx'
+  output.write_bytes(b'user data')
+  with pytest.raises(ValueError, match='exists'):
+    export.export_workdir(workdir, str(output))
+  assert output.read_bytes() == b'user data'
+  assert not (tmp_path / 'reid.json').exists()
+
+  output.unlink()
+  (tmp_path / 'reid.json').write_text('user notes')
+  with pytest.raises(ValueError, match='reid.json: exists'):
+    export.export_workdir(workdir, str(output))
+  assert not output.exists()
+  assert (tmp_path / 'reid.json').read_text() == 'user notes'
+
+  export.export_workdir(workdir, str(output), checkpoint='latest', overwrite=True)
+  assert json.loads((tmp_path / 'reid.json').read_text())['source']['checkpoint'] == 'latest'
+  assert export.run_onnx(str(output), nchw_images(1)).shape == (1, 64)
+  assert sorted(os.listdir(tmp_path)) == ['reid.json', 'reid.onnx']  # no temp files left
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(output).st_mode & 0o777 == 0o666 & ~umask  # readable like any new file
+
+
+def test_bad_requests_are_value_errors(workdir, tmp_path):
+  with pytest.raises(ValueError, match="no checkpoint '999'"):
+    export.export_workdir(workdir, str(tmp_path / 'a.onnx'), checkpoint='999')
+  with pytest.raises(ValueError, match='must end in .onnx'):
+    export.export_workdir(workdir, str(tmp_path / 'a.json'))
+  with pytest.raises(ValueError, match='opset'):
+    export.export_workdir(workdir, str(tmp_path / 'a.onnx'), opset=11)
+  assert os.listdir(tmp_path) == []
+
+
+def test_cli_missing_workdir_is_one_line_error(tmp_path):
+  missing = tmp_path / 'no_such_run'
+  result = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'export.py'), f'--workdir={missing}',
+       f'--output={tmp_path / "reid.onnx"}'], cwd=ROOT, capture_output=True, text=True)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1] == f'error: {missing}: no such workdir'
+  assert 'Traceback' not in result.stderr
+  assert os.listdir(tmp_path) == []
