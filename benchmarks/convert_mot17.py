@@ -10,7 +10,6 @@ output directory; the median of --repeats runs is reported as a markdown table r
 
 import datetime
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -23,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import convert_mot17  # noqa: E402
+from benchmarks.machine import cpu_model  # noqa: E402
 
 
 def define_flags() -> None:
@@ -65,16 +65,6 @@ def time_conversion(dataset: str, num_workers: int) -> tuple[int, float]:
   return summary["train_images"] + summary["val_images"], seconds
 
 
-def cpu_model() -> str:
-  """CPU model name from /proc/cpuinfo (falls back to platform.processor())."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def main(argv: list[str]) -> None:

@@ -11,7 +11,6 @@ per CPU-second actually used by the process (which also counts TF's helper threa
 
 import datetime
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from PIL import Image  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import input_pipeline  # noqa: E402
+from benchmarks.machine import cpu_model  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_root", None, "Dataset with imgs/ and meta/<list>.")
@@ -114,15 +114,6 @@ def _time_runs(next_batch, batch_size: int) -> tuple[float, float]:
   return float(np.median(rates)), float(np.median(cpu_rates))
 
 
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def main(argv):
@@ -163,7 +154,7 @@ def main(argv):
   results.append(("PIL + NumPy (1 thread)", 1, rate, rate, cpu_rate))
 
   command = " ".join(["python", os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
-  print(f"\nMachine: {_cpu_model()}, {os.cpu_count()} cores; "
+  print(f"\nMachine: {cpu_model()}, {os.cpu_count()} cores; "
         f"date {datetime.date.today().isoformat()}; command `{command}`")
   print(f"Data: {data_root} ({data.num_images} images, {num_ids} identities, mean crop "
         f"{mean_w:.0f}x{mean_h:.0f} WxH); P={FLAGS.p} K={FLAGS.k}, "

@@ -8,7 +8,6 @@ Embeddings are random clusters (~N/20 identities, all-vs-all). Prints a markdown
 
 import datetime
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -20,6 +19,7 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluate  # noqa: E402
+from benchmarks.machine import cpu_model  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("n", ["5000", "20000"], "Numbers of embeddings to evaluate.")
@@ -99,15 +99,6 @@ def peak_rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def main(argv):

@@ -15,7 +15,6 @@ import datetime
 import functools
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from absl import app, flags  # noqa: E402
 
 import models  # noqa: E402
 import train  # noqa: E402
+from benchmarks.machine import cpu_model  # noqa: E402
 from configs import mot17  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -63,21 +63,6 @@ PEAK_FLOPS = {
     'H100': {'bfloat16': 989e12, 'float32': 67e12, 'tf32': 494e12},
     'H200': {'bfloat16': 989e12, 'float32': 67e12, 'tf32': 494e12},
 }
-
-
-# ---- Machine ----
-
-
-def cpu_model() -> str:
-  """The CPU's model name from /proc/cpuinfo."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or 'unknown'
 
 
 def peak_flops(device_kind: str, dtype: str) -> float | None:
