@@ -29,3 +29,21 @@ def synthetic_reid(tmp_path_factory):
                                num_people=12, width=320, height=180, num_workers=2)
   convert_mot17.convert(str(root / "MOT"), str(root / "reid"), val_split=0.2, num_workers=2)
   return root / "reid"
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tmp_path_factory, synthetic_reid):
+  """A tiny model trained 10 steps, evaluated (normalised, frame gap 30) and saved at 5 and 10."""
+  from test_train import tiny_config
+
+  import train
+
+  config = tiny_config(str(synthetic_reid))
+  config.num_train_steps = 10
+  config.eval.every_steps = 5
+  config.eval.normalize = True
+  config.eval.frame_gap = 30
+  config.log_every_steps = 5
+  workdir = str(tmp_path_factory.mktemp("tiny_workdir") / "run")
+  train.train_and_evaluate(config, workdir)
+  return workdir

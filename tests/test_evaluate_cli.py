@@ -10,10 +10,8 @@ import numpy as np
 import pytest
 from absl import flags
 from PIL import Image
-from test_train import tiny_config
 
 import evaluate
-import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRIC_KEYS = ('mAP', 'R1', 'R5', 'R10', 'R20', 'mINP', 'num_queries', 'num_skipped',
@@ -23,17 +21,9 @@ METRIC_KEYS = ('mAP', 'R1', 'R5', 'R10', 'R20', 'mINP', 'num_queries', 'num_skip
 
 
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory, synthetic_reid):
-  """A tiny model trained for 10 steps, evaluated (and checkpointed) at steps 5 and 10."""
-  config = tiny_config(str(synthetic_reid))
-  config.num_train_steps = 10
-  config.eval.every_steps = 5
-  config.eval.normalize = True
-  config.eval.frame_gap = 30
-  config.log_every_steps = 5
-  workdir = str(tmp_path_factory.mktemp('evaluate_cli') / 'run')
-  train.train_and_evaluate(config, workdir)
-  return workdir
+def workdir(tiny_workdir):
+  """The session's tiny trained workdir (tests/conftest.py)."""
+  return tiny_workdir
 
 
 @pytest.fixture(scope='module')

@@ -10,27 +10,20 @@ import jax.numpy as jnp
 import numpy as np
 import onnx
 import pytest
-from test_train import tiny_config
 
 import evaluate
 import export
 import input_pipeline
 import models
-import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE = (32, 16)
 
 
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory, synthetic_reid):
-  """A tiny ResNet-18/BNNeck workdir trained for a few steps (BN statistics have moved)."""
-  config = tiny_config(str(synthetic_reid))
-  config.num_train_steps = 5
-  config.eval.every_steps = 5
-  path = str(tmp_path_factory.mktemp('export') / 'run')
-  train.train_and_evaluate(config, path)
-  return path
+def workdir(tiny_workdir):
+  """The session's tiny trained workdir (tests/conftest.py)."""
+  return tiny_workdir
 
 
 @pytest.fixture(scope='module')
