@@ -371,14 +371,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writer.write(step, 'train', dict(means, images_per_sec=rate, epoch=step / epoch_steps))
       metrics_since_log, t_log, step_log = [], now, step
     eval_now = val_data is not None and (step % eval_every == 0 or is_last)
+    save_now = step % config.checkpoint_every_steps == 0 or is_last or eval_now
+    if save_now and metrics_since_log:
+      check_finite(step)
     if eval_now:
+      t_eval = time.perf_counter()
       val_metrics = evaluate.evaluate_filelist(embed_fn, variables(state), val_data, config, mesh)
       logging.info('step %d val %s', step, format_metrics(val_metrics))
       writer.write(step, 'val', val_metrics)
-      t_log = time.perf_counter()  # keep evaluation out of the images/s figure
-    if step % config.checkpoint_every_steps == 0 or is_last or eval_now:
-      if metrics_since_log:
-        check_finite(step)
+      t_log += time.perf_counter() - t_eval  # keep evaluation out of the images/s figure
+    if save_now:
       manager.save(step, args=ocp.args.StandardSave(checkpoint_tree(state)),
                    metrics=val_metrics if eval_now else None, force=True)
       last_good_step = step
