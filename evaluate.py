@@ -25,6 +25,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+# Quiet TensorFlow's C++ start-up chatter unless asked for; must precede its first import.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -444,12 +448,10 @@ def load_checkpoint(workdir: str, checkpoint: str = 'best'
 
 
 def resize_crop(crop: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-  """uint8 HxWx3 -> image_size with the input pipeline's resize (input_pipeline._load_image)."""
+  """uint8 HxWx3 -> image_size with the input pipeline's resize."""
   if crop.shape[:2] == tuple(image_size):
     return crop  # a half-pixel-centre resize to the same size is the identity
-  resized = tf.raw_ops.ResizeBilinear(images=crop[None], size=image_size,
-                                      half_pixel_centers=True)[0]
-  return tf.cast(resized + 0.5, tf.uint8).numpy()
+  return input_pipeline.resize_image(crop, image_size).numpy()
 
 
 def _rgb_crop(crop: Any, index: int) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 # Quiet TensorFlow's C++ start-up chatter unless the user asked for it; must precede the import.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
 # tf.data only needs the CPU; a GPU-visible TF would grab accelerator memory that JAX needs.
 try:
@@ -249,13 +249,17 @@ def _load_image(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
       tf.io.is_jpeg(data),
       lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
       lambda: tf.io.decode_image(data, channels=3, expand_animations=False))
-  # Half-pixel centres, no antialiasing: what cv2.resize(INTER_LINEAR) and tf.image.resize do.
+  return tf.ensure_shape(resize_image(image, image_size), (*image_size, 3))
+
+
+def resize_image(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+  """uint8 HxWxC -> image_size, bilinear with half-pixel centres and no antialiasing (cv2's)."""
   # Bilinear weights sum to 1, so adding 0.5 before resizing (on the smaller input, and the float
   # kernel is faster than the uint8 one) turns the final truncating cast into round-half-up.
   shifted = tf.cast(image, tf.float32) + 0.5
   resized = tf.raw_ops.ResizeBilinear(images=shifted[None], size=image_size,
                                       half_pixel_centers=True)[0]
-  return tf.ensure_shape(tf.cast(resized, tf.uint8), (*image_size, 3))
+  return tf.cast(resized, tf.uint8)
 
 
 # Columns of the per-row uniform draws; fixed so that switching one augmentation on or off never

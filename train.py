@@ -16,6 +16,10 @@ import sys
 import time
 from typing import Any
 
+# Quiet TensorFlow's C++ start-up chatter unless asked for; must precede its first import.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
 import jax
 import jax.numpy as jnp
 import ml_collections

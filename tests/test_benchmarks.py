@@ -210,6 +210,7 @@ def test_torch_step_and_comparison_table(jax_run):
   assert cells[:3] == ['4', 'float32', 'eager'] and float(cells[6]) > 0
   (cells,) = table_rows(torch_bench.compare_table([jax_row], [row], ['eager']))
   jax_rate, torch_rate, ratio = float(cells[2]), float(cells[3]), float(cells[4].rstrip('×'))
-  assert jax_rate == pytest.approx(jax_row['images_per_s_per_device'], rel=1e-3)
-  assert torch_rate == pytest.approx(row['images_per_s'], rel=1e-3)
-  assert ratio == pytest.approx(jax_rate / torch_rate, rel=0.01)
+  # The table prints rounded figures; slow runs on a loaded machine print few digits.
+  assert jax_rate == pytest.approx(jax_row['images_per_s_per_device'], rel=0.02)
+  assert torch_rate == pytest.approx(row['images_per_s'], rel=0.02)
+  assert ratio == pytest.approx(jax_rate / torch_rate, rel=0.05)
