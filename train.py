@@ -138,15 +138,11 @@ class TrainState(train_state.TrainState):
   batch_stats: Any
 
 
-def compute_dtype(config: ml_collections.ConfigDict) -> Any:
-  """The model's compute dtype from config.model.dtype."""
-  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[config.model.dtype]
-
-
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, config: ml_collections.ConfigDict,
                schedule: optax.Schedule) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on a global P x K batch; returns the new state and scalar metrics."""
-  images = input_pipeline.normalize_images(batch['image'], compute_dtype(config))
+  images = input_pipeline.normalize_images(batch['image'],
+                                           models.DTYPES[config.model.dtype])
   labels = batch['label']
   lc = config.loss
 
@@ -259,8 +255,6 @@ def check_config(config: ml_collections.ConfigDict):
   for name, size in sizes:
     if size % n:
       raise ValueError(f'config.{name}={size} is not divisible by the {n} devices')
-  if config.model.dtype not in ('float32', 'bfloat16'):
-    raise ValueError(f"config.model.dtype: '{config.model.dtype}' (float32, bfloat16)")
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str, num_classes: int):

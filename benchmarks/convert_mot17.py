@@ -26,7 +26,7 @@ from benchmarks.machine import cpu_model  # noqa: E402
 
 
 def define_flags() -> None:
-  """Declares the command-line flags (names distinct from synthetic_mot's module-level flags)."""
+  """Declares the command-line flags (only when run as a script)."""
   flags.DEFINE_string("data_dir", os.path.join(ROOT, "data", "bench"),
                       "Cache for the rendered dataset and scratch space for the conversions.")
   flags.DEFINE_integer("sequences", 7, "Synthetic sequences (MOT17 train: 7).")
