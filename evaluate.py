@@ -411,6 +411,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
+def checkpoint_score(metrics: dict[str, float]) -> float:
+  """Val mAP, which picks the 'best' checkpoint; NaN (no query had a positive) ranks last."""
+  value = metrics.get('mAP', math.nan)
+  return value if value is not None and math.isfinite(value) else -math.inf
+
+
 def load_checkpoint(workdir: str, checkpoint: str = 'best'
                     ) -> tuple[ml_collections.ConfigDict, models.ReIDModel, dict[str, Any], int]:
   """(config, model, host variables, step) of a workdir's 'best', 'latest' or numbered checkpoint.
@@ -422,7 +428,7 @@ def load_checkpoint(workdir: str, checkpoint: str = 'best'
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   if not os.path.isdir(directory):
     raise ValueError(f'{directory}: no checkpoints (has training saved one yet?)')
-  options = ocp.CheckpointManagerOptions(best_fn=lambda m: m['mAP'], best_mode='max',
+  options = ocp.CheckpointManagerOptions(best_fn=checkpoint_score, best_mode='max',
                                          read_only=True)
   with ocp.CheckpointManager(directory, options=options) as manager:
     steps = sorted(manager.all_steps())
@@ -877,12 +883,17 @@ def run(fv: flags.FlagValues) -> str:
 class QuietOrbax(std_logging.Filter):
   """Drops orbax's log records below `level` (per-save progress, read-only notices)."""
 
+  # Logged for every save without val metrics, i.e. every save between evaluations: expected.
+  EXPECTED = 'did not provide metrics'
+
   def __init__(self, level: int = std_logging.ERROR):
     super().__init__()
     self.level = level
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= self.level or f'{os.sep}orbax{os.sep}' not in record.pathname
+    if f'{os.sep}orbax{os.sep}' not in record.pathname:
+      return True
+    return record.levelno >= self.level and self.EXPECTED not in record.getMessage()
 
 
 def main(argv):

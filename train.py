@@ -111,7 +111,8 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_e
     raise ValueError(f"config.schedule.name: unknown schedule '{s.name}' (multistep, cosine)")
   if warmup == 0:
     return main
-  ramp = optax.linear_schedule(base * s.warmup_factor, base, warmup)
+  # MMEngine's LinearLR reaches the full rate on the last warmup step (total_iters = end - 1).
+  ramp = optax.linear_schedule(base * s.warmup_factor, base, warmup - 1)
   return optax.join_schedules([ramp, main], [warmup])
 
 
@@ -186,6 +187,12 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.ReIDMode
   return jax.jit(create, out_shardings=replicated)(params, batch_stats)
 
 
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+  """True when no leaf of `tree` holds a NaN or an Inf."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def variables(state: TrainState) -> dict[str, Any]:
   """The model variables of a train state."""
   return {'params': state.params, 'batch_stats': state.batch_stats}
@@ -202,11 +209,13 @@ def checkpoint_tree(state: TrainState) -> dict[str, Any]:
 class MetricWriter:
   """TensorBoard scalars (tf.summary) and metrics.jsonl, written by process 0 only."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, start_step: int):
     self.active = jax.process_index() == 0
     if self.active:
+      path = os.path.join(workdir, 'metrics.jsonl')
+      _drop_lines_after(path, start_step)
       self._summary = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      self._jsonl = open(path, 'a')
 
   def write(self, step: int, split: str, scalars: dict[str, float]):
     if not self.active:
@@ -222,6 +231,32 @@ class MetricWriter:
     if self.active:
       self._summary.close()
       self._jsonl.close()
+
+
+def _drop_lines_after(path: str, step: int):
+  """Drops metrics.jsonl lines past `step`: a resumed run logs those steps again."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)['step'] <= step:
+        kept.append(line)
+    except (ValueError, KeyError, TypeError):  # a line cut short by a kill
+      pass
+  if len(kept) != len(lines):
+    with open(path + '.tmp', 'w') as f:
+      f.writelines(kept)
+    os.replace(path + '.tmp', path)
+
+
+def format_duration(seconds: float) -> str:
+  """'1d 02:03:04' or '02:03:04'."""
+  days, rest = divmod(int(seconds), 86400)
+  text = time.strftime('%H:%M:%S', time.gmtime(rest))
+  return f'{days}d {text}' if days else text
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -240,18 +275,30 @@ def steps_per_epoch(config: ml_collections.ConfigDict, num_identities: int, num_
   p = config.batch_size // config.data.k
   if config.epoch == 'identities':
     return input_pipeline.steps_per_epoch(num_identities, p)
+  if config.epoch == 'images':
+    return math.ceil(num_lines / config.batch_size)
   if config.epoch == 'mmdet':
     return math.ceil(num_lines * MMDET_IMAGES_PER_LINE / config.batch_size)
-  raise ValueError(f"config.epoch: unknown value '{config.epoch}' (identities, mmdet)")
+  raise ValueError(f"config.epoch: unknown value '{config.epoch}' (identities, images, mmdet)")
 
 
 def check_config(config: ml_collections.ConfigDict):
   """Start-up checks whose failure would otherwise surface deep inside jit or tf.data."""
+  for name in ('batch_size', 'data.k', 'eval.batch_size', 'log_every_steps',
+               'checkpoint_every_steps', 'keep_checkpoints'):
+    value = config
+    for part in name.split('.'):
+      value = value[part]
+    if value < 1:
+      raise ValueError(f'config.{name}={value} must be at least 1')
+  if config.eval.every_steps < 0 or config.num_train_steps < 0:
+    raise ValueError('config.eval.every_steps and config.num_train_steps must be >= 0 '
+                     '(0: once per epoch / from num_epochs)')
   if config.batch_size % config.data.k:
     raise ValueError(f'config.batch_size={config.batch_size} is not a multiple of '
                      f'config.data.k={config.data.k}')
   n = jax.device_count()
-  sizes = [('batch_size', config.batch_size), ('eval.batch_size', config.eval.batch_size)]
+  sizes = (('batch_size', config.batch_size), ('eval.batch_size', config.eval.batch_size))
   for name, size in sizes:
     if size % n:
       raise ValueError(f'config.{name}={size} is not divisible by the {n} devices')
@@ -271,6 +318,37 @@ def save_config(config: ml_collections.ConfigDict, workdir: str, num_classes: in
       os.replace(path, path + '.previous')
   with open(path, 'w') as f:
     f.write(text)
+
+
+def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
+  """'opt_state/1/0/mu/...' -> shape, for comparing a checkpoint's layout with a state's."""
+  def name(key) -> str:
+    return str(getattr(key, 'key', getattr(key, 'idx', getattr(key, 'name', key))))
+  return {'/'.join(map(name, path)): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def restore_latest(manager: ocp.CheckpointManager, state: TrainState,
+                   workdir: str) -> TrainState:
+  """The state of the latest checkpoint in `manager`, or `state` when there is none."""
+  step = manager.latest_step()
+  if step is None:
+    return state
+  # Compared before restoring: orbax's own mismatch error is many lines and leaves threads behind.
+  stored = _shapes_by_path(manager.item_metadata(step))
+  wanted = _shapes_by_path(checkpoint_tree(state))
+  differences = [f'{path} is {stored.get(path, "absent")} in the checkpoint, '
+                 f'{wanted.get(path, "absent")} in this config'
+                 for path in sorted(set(stored) | set(wanted))
+                 if stored.get(path) != wanted.get(path)]
+  if differences:
+    raise ValueError(
+        f'{manager.directory}: cannot resume step {step} with this config ({len(differences)} '
+        f'arrays differ, e.g. {differences[0]}); start a new --workdir or use the config the '
+        f'run began with ({os.path.join(workdir, "config.json")})')
+  restored = manager.restore(step, args=ocp.args.StandardRestore(checkpoint_tree(state)))
+  logging.info('Resumed from step %d', step)
+  return state.replace(**restored)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -301,94 +379,100 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Checkpoints: the latest k plus the best by val mAP.
   os.makedirs(workdir, exist_ok=True)
   options = ocp.CheckpointManagerOptions(
-      best_fn=lambda m: m['mAP'], best_mode='max',
+      best_fn=evaluate.checkpoint_score, best_mode='max',
       preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy([
           ocp.checkpoint_managers.LatestN(n=config.keep_checkpoints),
-          ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m['mAP'], n=1,
+          ocp.checkpoint_managers.BestN(get_metric_fn=evaluate.checkpoint_score, n=1,
                                         keep_checkpoints_without_metrics=False)]),
       enable_async_checkpointing=True)
-  manager = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                                  options=options)
-  if manager.latest_step() is not None:
-    restored = manager.restore(manager.latest_step(),
-                               args=ocp.args.StandardRestore(checkpoint_tree(state)))
-    state = state.replace(**restored)
-    logging.info('Resumed from step %d', int(state.step))
-  if jax.process_index() == 0:
-    save_config(config, workdir, num_classes)
-  writer = MetricWriter(workdir)
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  with ocp.CheckpointManager(directory, options=options,  # closed on any exit
+                             item_handlers=ocp.StandardCheckpointHandler()) as manager:
+    state = restore_latest(manager, state, workdir)
+    if jax.process_index() == 0:
+      save_config(config, workdir, num_classes)
+    writer = MetricWriter(workdir, int(state.step))
 
-  p_train_step = jax.jit(functools.partial(train_step, config=config, schedule=schedule),
-                         in_shardings=(replicated, data_sharding),
-                         out_shardings=(replicated, replicated), donate_argnums=(0,))
-  embed_fn = evaluate.make_embed_fn(model, config, mesh)
+    p_train_step = jax.jit(functools.partial(train_step, config=config, schedule=schedule),
+                           in_shardings=(replicated, data_sharding),
+                           out_shardings=(replicated, replicated), donate_argnums=(0,))
+    embed_fn = evaluate.make_embed_fn(model, config, mesh)
 
-  start_step = int(state.step)
-  batches = input_pipeline.train_batches(
-      train_data, p=config.batch_size // config.data.k, k=config.data.k,
-      image_size=tuple(config.data.image_size),
-      augment=input_pipeline.Augment(**config.data.augment.to_dict()), seed=config.seed,
-      start_step=start_step, process_index=jax.process_index(),
-      process_count=jax.process_count(), num_classes=config.num_classes or None)
-  batches = input_pipeline.prefetch_to_mesh(batches, data_sharding)
+    start_step = int(state.step)
+    batches = input_pipeline.train_batches(
+        train_data, p=config.batch_size // config.data.k, k=config.data.k,
+        image_size=tuple(config.data.image_size),
+        augment=input_pipeline.Augment(**config.data.augment.to_dict()), seed=config.seed,
+        start_step=start_step, process_index=jax.process_index(),
+        process_count=jax.process_count(), num_classes=config.num_classes or None)
+    batches = input_pipeline.prefetch_to_mesh(batches, data_sharding)
 
-  metrics_since_log: list[dict[str, jax.Array]] = []
-  last_good_step = manager.latest_step()
-  val_metrics: dict[str, float] = {}
-  t_log, step_log = time.perf_counter(), start_step
+    metrics_since_log: list[dict[str, jax.Array]] = []
+    last_good_step = manager.latest_step()
+    val_metrics: dict[str, float] = {}
+    t_log, step_log = time.perf_counter(), start_step
 
-  def check_finite(step: int):
-    # Fetching syncs with the device, so it happens only when logging or saving. A finite loss
-    # and gradient norm at every step since the last check mean the parameters are finite too.
-    fetched = jax.device_get([(m['loss'], m['grad_norm']) for m in metrics_since_log])
-    finite = [bool(np.isfinite(loss) and np.isfinite(norm)) for loss, norm in fetched]
-    if not all(finite):
-      first = finite.index(False)
-      loss, norm = fetched[first]
-      manager.wait_until_finished()
-      where = f'step {last_good_step} in {manager.directory}' if last_good_step else 'none'
-      raise FloatingPointError(
-          f'loss {loss}, gradient norm {norm} at step {step - len(finite) + first + 1}; '
-          f'stopping. Last good checkpoint: {where}')
+    def check_finite(step: int):
+      # Fetching syncs with the device, so it happens only when logging or saving. The loss and
+      # gradient norm say which step went wrong; the variables check catches an update or a
+      # BatchNorm statistic that overflowed while the loss stayed finite.
+      fetched = jax.device_get([(m['loss'], m['grad_norm']) for m in metrics_since_log])
+      finite = [bool(np.isfinite(loss) and np.isfinite(norm)) for loss, norm in fetched]
+      problem = None
+      if not all(finite):
+        first = finite.index(False)
+        loss, norm = fetched[first]
+        problem = f'loss {loss}, gradient norm {norm} at step {step - len(finite) + first + 1}'
+      elif not bool(all_finite(variables(state))):
+        problem = f'parameters or BatchNorm statistics not finite after step {step}'
+      if problem:
+        manager.wait_until_finished()
+        where = f'step {last_good_step} in {manager.directory}' if last_good_step else 'none'
+        raise FloatingPointError(f'{problem}; stopping. Last good checkpoint: {where}')
 
-  for step in range(start_step + 1, total_steps + 1):
-    state, metrics = p_train_step(state, next(batches))
-    metrics_since_log.append(metrics)
-    is_last = step == total_steps
-    if step % config.log_every_steps == 0 or is_last:
-      check_finite(step)
-      means = {k: float(np.mean([m[k] for m in jax.device_get(metrics_since_log)]))
-               for k in metrics_since_log[0]}
-      now = time.perf_counter()
-      rate = (step - step_log) * config.batch_size / (now - t_log)
-      eta = (total_steps - step) * config.batch_size / max(rate, 1e-9)
-      logging.info('step %d/%d epoch %.2f loss %.4f ce %.4f triplet %.4f acc %.3f lr %.3g '
-                   '%.1f img/s ETA %s', step, total_steps, step / epoch_steps, means['loss'],
-                   means['ce'], means['triplet'], means['accuracy'], means['lr'], rate,
-                   time.strftime('%H:%M:%S', time.gmtime(eta)))
-      writer.write(step, 'train', dict(means, images_per_sec=rate, epoch=step / epoch_steps))
-      metrics_since_log, t_log, step_log = [], now, step
-    eval_now = val_data is not None and (step % eval_every == 0 or is_last)
-    save_now = step % config.checkpoint_every_steps == 0 or is_last or eval_now
-    if save_now and metrics_since_log:
-      check_finite(step)
-    if eval_now:
-      t_eval = time.perf_counter()
+    for step in range(start_step + 1, total_steps + 1):
+      state, metrics = p_train_step(state, next(batches))
+      metrics_since_log.append(metrics)
+      if step == start_step + 1:  # keep compilation and pipeline start-up out of images/s
+        jax.block_until_ready(metrics)
+        t_log, step_log = time.perf_counter(), step
+      is_last = step == total_steps
+      if step % config.log_every_steps == 0 or is_last:
+        check_finite(step)
+        fetched = jax.device_get(metrics_since_log)
+        means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        means['lr'] = float(fetched[-1]['lr'])  # the rate of this step, not a window average
+        now = time.perf_counter()
+        speed = {}  # none yet on the first step: it is the compilation
+        if step > step_log:
+          speed['images_per_sec'] = (step - step_log) * config.batch_size / (now - t_log)
+        eta = (format_duration((total_steps - step) * config.batch_size / speed['images_per_sec'])
+               if speed else '?')
+        logging.info('step %d/%d epoch %.2f loss %.4f ce %.4f triplet %.4f acc %.3f lr %.3g '
+                     '%.1f img/s ETA %s', step, total_steps, step / epoch_steps, means['loss'],
+                     means['ce'], means['triplet'], means['accuracy'], means['lr'],
+                     speed.get('images_per_sec', math.nan), eta)
+        writer.write(step, 'train', dict(means, **speed, epoch=step / epoch_steps))
+        metrics_since_log, t_log, step_log = [], now, step
+      eval_now = val_data is not None and (step % eval_every == 0 or is_last)
+      save_now = step % config.checkpoint_every_steps == 0 or is_last or eval_now
+      if save_now and metrics_since_log:
+        check_finite(step)
+      if eval_now:
+        t_eval = time.perf_counter()
+        val_metrics = evaluate.evaluate_filelist(embed_fn, variables(state), val_data, config, mesh)
+        logging.info('step %d val %s', step, format_metrics(val_metrics))
+        writer.write(step, 'val', val_metrics)
+        t_log += time.perf_counter() - t_eval  # keep evaluation out of the images/s figure
+      if save_now:
+        manager.save(step, args=ocp.args.StandardSave(checkpoint_tree(state)),
+                     metrics=val_metrics if eval_now else None, force=True)
+        last_good_step = step
+    if start_step >= total_steps and val_data is not None:
+      logging.info('Already trained for %d steps; evaluating only', total_steps)
       val_metrics = evaluate.evaluate_filelist(embed_fn, variables(state), val_data, config, mesh)
-      logging.info('step %d val %s', step, format_metrics(val_metrics))
-      writer.write(step, 'val', val_metrics)
-      t_log += time.perf_counter() - t_eval  # keep evaluation out of the images/s figure
-    if save_now:
-      manager.save(step, args=ocp.args.StandardSave(checkpoint_tree(state)),
-                   metrics=val_metrics if eval_now else None, force=True)
-      last_good_step = step
-  if start_step >= total_steps and val_data is not None:
-    logging.info('Already trained for %d steps; evaluating only', total_steps)
-    val_metrics = evaluate.evaluate_filelist(embed_fn, variables(state), val_data, config, mesh)
-    logging.info('step %d val %s', start_step, format_metrics(val_metrics))
-  manager.wait_until_finished()
-  manager.close()
-  writer.close()
+      logging.info('step %d val %s', start_step, format_metrics(val_metrics))
+    writer.close()
   return val_metrics
 
 
@@ -410,6 +494,8 @@ def main(argv):
     raise app.UsageError('--config is required, e.g. --config=configs/mot17.py')
   logging.get_absl_handler().addFilter(evaluate.QuietOrbax(std_logging.WARNING))
   initialize_distributed()
+  if jax.process_index() > 0:  # one log for the whole job: process 0's
+    logging.set_verbosity(logging.WARNING)
   logging.info('JAX %s: %d processes, %d devices (%s)', jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
   try:

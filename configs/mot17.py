@@ -3,9 +3,10 @@
 MMDet trains 6 epochs on 8 GPUs x 32 images (one P8 x K4 sample per GPU), where one epoch is one
 32-image sample per line of train_80.txt, i.e. len(train_80.txt) / 8 iterations of 256 images.
 Here the same is `epoch='mmdet'` with a global batch of 256 = P64 x K4: one step per 8 lines,
-6 epochs, lr x0.1 at the start of epoch 5 (step 5 * steps_per_epoch), linear warmup over the first
-1000 steps from lr x 1e-3. Identities are P-sampled per epoch order instead of MMDet's random
-anchors, and the triplet loss mines over all 256 images instead of each GPU's 32.
+6 epochs, lr x0.1 after 5 of the 6 epochs (from step 5 * steps_per_epoch on), linear warmup over
+the first 1000 steps from lr x 1e-3 (full rate at step 999, as MMEngine's LinearLR). Identities
+are P-sampled per epoch order instead of MMDet's random anchors, and the triplet loss mines over
+all 256 images instead of each GPU's 32.
 """
 
 from configs import default

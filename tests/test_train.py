@@ -106,8 +106,11 @@ def test_cross_entropy_with_label_smoothing_by_hand():
 def test_mmdet_schedule_warmup_and_decay():
   config = mot17.get_config()  # lr 0.1, 1000 warmup steps from x1e-3, x0.1 at epoch 5
   schedule = train.create_learning_rate_schedule(config, steps_per_epoch=300, total_steps=1800)
+  # MMEngine's LinearLR(start_factor=1e-3, end=1000): linear from step 0 to 999 inclusive.
   np.testing.assert_allclose(schedule(0), 1e-4, rtol=1e-4)
-  np.testing.assert_allclose(schedule(500), 0.1 * (1e-3 + (1 - 1e-3) * 0.5), rtol=1e-4)
+  np.testing.assert_allclose(schedule(500), 0.1 * (1e-3 + (1 - 1e-3) * 500 / 999), rtol=1e-4)
+  np.testing.assert_allclose(schedule(998), 0.1 * (1e-3 + (1 - 1e-3) * 998 / 999), rtol=1e-4)
+  np.testing.assert_allclose(schedule(999), 0.1, rtol=1e-4)
   np.testing.assert_allclose(schedule(1000), 0.1, rtol=1e-4)
   np.testing.assert_allclose(schedule(1499), 0.1, rtol=1e-4)  # last step of epoch 4
   np.testing.assert_allclose(schedule(1500), 0.01, rtol=1e-4)  # first step of epoch 5
@@ -121,6 +124,38 @@ def test_mmdet_epoch_is_one_32_image_sample_per_line():
   assert train.steps_per_epoch(config, num_identities=300, num_lines=8000) == 2000
   config.epoch = 'identities'  # P = 32: every identity once
   assert train.steps_per_epoch(config, num_identities=300, num_lines=8000) == 10
+  config.epoch = 'images'  # BoT: every image once
+  assert train.steps_per_epoch(config, num_identities=300, num_lines=8000) == 63
+  config.epoch = 'frames'
+  with pytest.raises(ValueError, match="config.epoch: unknown value 'frames'"):
+    train.steps_per_epoch(config, num_identities=300, num_lines=8000)
+
+
+@pytest.mark.parametrize('key, value', [('log_every_steps', 0), ('checkpoint_every_steps', 0),
+                                        ('keep_checkpoints', 0), ('data.k', 0),
+                                        ('batch_size', 30)])
+def test_check_config_rejects_values_that_would_fail_later(key, value):
+  config = tiny_config()
+  section, _, name = key.rpartition('.')
+  (config[section] if section else config)[name] = value
+  with pytest.raises(ValueError, match=f'config.{key.split(".")[-1]}|config.{key}'):
+    train.check_config(config)
+
+
+def test_log_helpers():
+  assert train.format_duration(3725) == '01:02:05'
+  assert train.format_duration(90000) == '1d 01:00:00'  # not wrapped at 24 h
+  import evaluate
+  assert evaluate.checkpoint_score({'mAP': 0.5}) == 0.5
+  assert evaluate.checkpoint_score({'mAP': float('nan')}) == -np.inf  # ranks last, not randomly
+
+
+def test_resume_drops_metrics_lines_after_the_checkpoint(tmp_path):
+  path = tmp_path / 'metrics.jsonl'
+  lines = [json.dumps({'step': s, 'split': 'train'}) for s in (1, 2, 3, 4)]
+  path.write_text('\n'.join(lines) + '\n{"step": 5, "spl')  # the last line cut by a kill
+  train._drop_lines_after(str(path), 2)
+  assert path.read_text().splitlines() == lines[:2]
 
 
 def test_cosine_schedule_and_decay_mask():
@@ -245,6 +280,18 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, synthetic_reid):
   step_b, params_b = final_params(workdir)
   assert step_a == step_b == 30
   assert_trees_close(params_a, params_b, atol=0)
+  # Each step logged once, with the same loss as the uninterrupted run.
+  logged = [[json.loads(x) for x in (w / 'metrics.jsonl').read_text().splitlines()]
+            for w in (tmp_path / 'straight', workdir)]
+  assert [x['step'] for x in logged[1]] == list(range(1, 31))
+  assert [x['loss'] for x in logged[0]] == [x['loss'] for x in logged[1]]
+
+  # A config that no longer fits the checkpoint is one line, not orbax's traceback.
+  changed = run_train(workdir, synthetic_reid, **dict(overrides, **{'model.width': 16,
+                                                                     'num_train_steps': 40}))
+  out, _ = changed.communicate(timeout=600)
+  assert changed.returncode != 0
+  assert 'error:' in out and 'cannot resume step 30' in out and 'Traceback' not in out
 
 
 def free_port() -> int:
