@@ -9,10 +9,10 @@ Reads `<input_dir>/train/<SEQ>/{seqinfo.ini, gt/gt.txt, <imDir>/<frame:06d><imEx
   <output_dir>/meta/train.txt                        both splits, val labels after train labels
 
 Rules (MMDetection's `mot2reid.py`, minus its bugs):
-- A gt row is kept if class == 1, consider flag == 1, visibility >= --vis_threshold and the box
-  has at least one pixel inside the image. MOT15-style rows (-1 in the class/visibility columns)
-  count as class 1, visibility 1, as in MMDetection. MMDetection ignores the consider flag; we
-  do not.
+- A gt row is kept if class == 1, consider flag != 0, visibility >= --vis_threshold and the box
+  has at least one pixel inside the image. MMDetection ignores the consider flag; we do not.
+  10-column MOT15 rows end in world x, y, z, not class/visibility: they always count as class 1,
+  visibility 1, as in MMDetection (so do 9-column rows with -1 in those columns).
 - Crop = pixels [round(left), round(left + width)) x [round(top), round(top + height)) clipped to
   the image, rounding half up; an integer 30x40 box inside the image gives a 30x40 crop
   (MMDetection's inclusive crop gives 31x41). Boxes with no pixel inside are skipped and counted.
@@ -20,25 +20,32 @@ Rules (MMDetection's `mot2reid.py`, minus its bugs):
   `-FRCNN`, `-SDP`, same images and gt) is converted once: FRCNN when present, else the first sorted
   name. This is decided from sequence names, not from the input path (MMDetection tests whether the
   path contains 'MOT17', so `data/mot17` triples every identity).
-- Split by identity exactly as MMDetection: the N identities with at least one kept crop, sorted by
-  folder name; the first int(N * (1 - val_split)) go to train, the rest to val. N is counted before
-  the --min_per_person filter, so that filter can move the splits slightly off the requested ratio.
+- Split by identity as MMDetection: the N identities with at least one kept crop, sorted by
+  folder name; the first floor(N * (1 - val_split)) go to train, the rest to val. N is counted
+  before the --min_per_person filter, so that filter can move the splits slightly off the requested
+  ratio. Unlike MMDetection's float int(), the floor is exact for the decimal given (0.3 with
+  N = 180 gives 126 train identities, not 125). An empty train split is an error.
 - Identities with fewer than --min_per_person crops are dropped; those with more than
   --max_per_person are subsampled with a numpy Generator seeded from (--seed, identity name).
   Labels are 0..K-1 per split in sorted folder order; lines are sorted by folder, then frame.
 - Crops are named by frame number (MMDetection uses the row index), so time is recoverable. Only
   crops that appear in a list are written.
 - List names use round(100 * val_split): 0.2 -> train_80/val_20, 0.57 -> train_43/val_57
-  (MMDetection's int() gives train_42). A fractional percent keeps its decimals (rounded to 6
-  significant digits): 0.125 -> train_87.5.txt / val_12.5.txt.
+  (MMDetection's int() gives val_56). A fractional percent keeps up to 4 decimals, never an
+  exponent: 0.125 -> train_87.5.txt / val_12.5.txt; a --val_split whose percent rounds to 0 or 100
+  is refused.
 
 Nothing is lost: all input is validated before anything is written; the dataset is built in a
 hidden temporary directory next to the output and renamed into place at the end. A non-empty output
 directory is only replaced with --overwrite, and only if it looks like a previous conversion (just
 `imgs/` and `meta/`); the old one is moved aside, the new one renamed in, then the old one deleted.
-The same input and flags give byte-identical output with any --num_workers.
+A symlinked output directory is followed: the dataset is built next to its target. Ctrl-C and
+SIGTERM remove the temporary directory; folders left by a killed run are named in a warning.
+The same input and flags give byte-identical output with any --num_workers (and on any machine with
+the same Pillow and NumPy versions).
 """
 
+import contextlib
 import filecmp
 import functools
 import math
@@ -46,10 +53,12 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -65,6 +74,8 @@ PREFERRED_VARIANT = "FRCNN"
 SEQINFO_INT_KEYS = ("seqLength", "imWidth", "imHeight")
 SEQINFO_STR_KEYS = ("name", "imDir", "imExt")
 GT_COLUMNS = (9, 10)  # MOT16/17/20 rows have 9 columns; MOT15 rows have 10 (x, y, z world coords).
+MOT15_COLUMNS = 10
+PERCENT_DECIMALS = 4  # List names: val_12.5.txt, val_0.0125.txt; never an exponent.
 OUTPUT_ENTRIES = {"imgs", "meta"}
 FRAMES_PER_TASK = 8  # Frames per pool task: amortises inter-process overhead, keeps the bar smooth.
 DROP_REASONS = ("class", "consider_flag", "visibility", "outside_image", "min_per_person",
@@ -170,6 +181,8 @@ def read_gt(path: str, seq_length: int | None = None) -> list[GtRow]:
         raise DataError(f"{where}: not a number in {line!r}") from None
       if not all(math.isfinite(x) for x in nums):
         raise DataError(f"{where}: non-finite number in {line!r}")
+      if not (math.isfinite(nums[2] + nums[4]) and math.isfinite(nums[3] + nums[5])):
+        raise DataError(f"{where}: box edge left+width or top+height overflows in {line!r}")
       frame = _as_int(nums[0], "frame", where)
       track_id = _as_int(nums[1], "id", where)
       if frame < 1 or (seq_length is not None and frame > seq_length):
@@ -180,10 +193,15 @@ def read_gt(path: str, seq_length: int | None = None) -> list[GtRow]:
         raise DataError(f"{where}: id {track_id} appears twice in frame {frame} "
                         f"(first on line {seen[frame, track_id]})")
       seen[frame, track_id] = lineno
-      # MOT15 marks the class and visibility columns as not annotated (-1): a visible pedestrian.
-      cls = PEDESTRIAN if nums[7] == -1 else _as_int(nums[7], "class", where)
-      visibility = 1.0 if nums[8] == -1 else nums[8]
-      consider = _as_int(nums[6], "consider flag", where)
+      if len(parts) == MOT15_COLUMNS:
+        # Columns 8-10 are world x, y, z, not class/visibility: MMDetection counts every MOT15 box
+        # as a visible pedestrian. Column 7 may be a confidence; 0 still means "ignore".
+        cls, visibility, consider = PEDESTRIAN, 1.0, int(nums[6] != 0)
+      else:
+        # -1 marks class and visibility as not annotated (MOT15-style): a visible pedestrian.
+        cls = PEDESTRIAN if nums[7] == -1 else _as_int(nums[7], "class", where)
+        visibility = 1.0 if nums[8] == -1 else nums[8]
+        consider = _as_int(nums[6], "consider flag", where)
       rows.append(GtRow(lineno, frame, track_id, *nums[2:6], consider, cls, visibility))
   return rows
 
@@ -259,12 +277,28 @@ def _identity_rng(seed: int, identity: str) -> np.random.Generator:
   return np.random.default_rng([seed, *identity.encode("utf-8")])
 
 
+def _decimal(val_split: float) -> Fraction:
+  """val_split as the decimal the user typed: 0.3 is exactly 3/10, not the float 0.29999..."""
+  return Fraction(str(val_split))
+
+
+def num_train_identities(num_identities: int, val_split: float) -> int:
+  """MMDetection's floor(N * (1 - val_split)), without float truncation (0.3, N=180 -> 126)."""
+  return math.floor(num_identities * (1 - _decimal(val_split)))
+
+
+def _percent_text(pct: Fraction) -> str:
+  """A percentage with up to PERCENT_DECIMALS decimals and no exponent: 80, 12.5, 0.001."""
+  return f"{float(pct):.{PERCENT_DECIMALS}f}".rstrip("0").rstrip(".")
+
+
 def split_names(val_split: float) -> tuple[str, str]:
   """File names of the two lists: 0.2 -> ('train_80.txt', 'val_20.txt'), 0.125 -> '..._12.5'."""
-  val_pct = round(100 * val_split, 6)
-  train_pct = round(100 - val_pct, 6)
-  fmt = lambda p: str(int(p)) if p == int(p) else f"{p:g}"
-  return f"train_{fmt(train_pct)}.txt", f"val_{fmt(val_pct)}.txt"
+  val_pct = round(100 * _decimal(val_split), PERCENT_DECIMALS)
+  if not 0 < val_pct < 100:
+    raise DataError(f"--val_split={val_split} is too close to 0 or 1: the list names round it to "
+                    f"{_percent_text(val_pct)}% (at {PERCENT_DECIMALS} decimals)")
+  return f"train_{_percent_text(100 - val_pct)}.txt", f"val_{_percent_text(val_pct)}.txt"
 
 
 def _check_image(path: str, info: SeqInfo, gt_where: str) -> None:
@@ -315,7 +349,7 @@ def plan_conversion(train_dir: str, *, val_split: float, vis_threshold: float, m
       if row.cls != PEDESTRIAN:
         dropped["class"] += 1
         continue
-      if row.consider != 1:
+      if row.consider == 0:
         dropped["consider_flag"] += 1
         continue
       if row.visibility < vis_threshold:
@@ -333,9 +367,9 @@ def plan_conversion(train_dir: str, *, val_split: float, vis_threshold: float, m
       identities.setdefault(identity, []).append(
           Crop(image, box, f"{identity}/{row.frame:06d}.jpg", row.frame))
 
-  # Split exactly as MMDetection: count N before the min-per-person filter, truncate with int().
+  # Split as MMDetection: count N before the min-per-person filter, then floor (exactly).
   folders = sorted(identities)
-  num_train = int(len(folders) * (1 - val_split))
+  num_train = num_train_identities(len(folders), val_split)
   plan = Plan()
   dropped_ids = 0
   for split, split_folders in (("train", folders[:num_train]), ("val", folders[num_train:])):
@@ -359,6 +393,11 @@ def plan_conversion(train_dir: str, *, val_split: float, vis_threshold: float, m
   if num_train_ids + num_val_ids == 0:
     raise DataError(f"{train_dir}: no identities left after filtering ({len(folders)} before "
                     f"--min_per_person={min_per_person}); rows dropped: {dropped}")
+  if num_train_ids == 0:
+    why = (f"--min_per_person={min_per_person} drops all {num_train} train identities"
+           if num_train else f"--val_split={val_split} puts all {len(folders)} identities in val")
+    raise DataError(f"{train_dir}: the train split is empty: {why}; lower --val_split or "
+                    f"--min_per_person")
   plan.summary = {
       "sequences": kept,
       "duplicate_variant_sequences": duplicates,
@@ -376,15 +415,33 @@ def plan_conversion(train_dir: str, *, val_split: float, vis_threshold: float, m
 # ---- Writing ----
 
 
+def _naming(e: OSError, path: str) -> OSError:
+  """The error itself if it names a file, else one naming `path` (a decode or disk-full error)."""
+  if e.filename is not None:
+    return e
+  return OSError(e.errno, e.strerror or str(e), path)
+
+
 def _write_frame(task: tuple[str, list[tuple[tuple[int, int, int, int], str]]],
                  jpeg_quality: int) -> int:
   """Decodes one frame once and writes all of its crops; returns how many were written."""
   image_path, crops = task
-  with Image.open(image_path) as im:
-    im = im.convert("RGB")
+  try:
+    with Image.open(image_path) as im:
+      im = im.convert("RGB")
+  except OSError as e:  # Planning read only the header; the pixels may still be truncated.
+    raise _naming(e, image_path) from None
   for box, out_path in crops:
-    im.crop(box).save(out_path, "JPEG", quality=jpeg_quality)
+    try:
+      im.crop(box).save(out_path, "JPEG", quality=jpeg_quality)
+    except OSError as e:
+      raise _naming(e, out_path) from None
   return len(crops)
+
+
+def _init_worker() -> None:
+  """Pool workers ignore Ctrl-C: the parent gets it and terminates them (no traceback each)."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _frame_tasks(crops: list[Crop], imgs_dir: str) -> list[tuple[str, list]]:
@@ -403,7 +460,7 @@ def _run_tasks(tasks: list, jpeg_quality: int, num_workers: int) -> Iterator[int
     return
   # spawn, not fork: callers (tests, notebooks) may already run JAX/TF threads that fork would copy.
   ctx = multiprocessing.get_context("spawn")
-  with ctx.Pool(num_workers) as pool:
+  with ctx.Pool(num_workers, initializer=_init_worker) as pool:  # __exit__ terminates workers
     write = functools.partial(_write_frame, jpeg_quality=jpeg_quality)
     yield from pool.imap_unordered(write, tasks, chunksize=FRAMES_PER_TASK)
 
@@ -430,12 +487,40 @@ def write_dataset(plan: Plan, out_dir: str, *, val_split: float, jpeg_quality: i
   for folder in sorted({c.relpath.split("/")[0] for c in plan.crops}):
     os.makedirs(os.path.join(imgs_dir, folder))
   tasks = _frame_tasks(plan.crops, imgs_dir)
-  with tqdm(total=len(plan.crops), unit="crop", desc="crops", file=sys.stderr) as bar:
-    for written in _run_tasks(tasks, jpeg_quality, num_workers):
+  # closing(): an exception (Ctrl-C, SIGTERM) shuts the pool down here, not whenever GC runs.
+  with (tqdm(total=len(plan.crops), unit="crop", desc="crops", file=sys.stderr) as bar,
+        contextlib.closing(_run_tasks(tasks, jpeg_quality, num_workers)) as results):
+    for written in results:
       bar.update(written)
 
 
 # ---- Output directory safety ----
+
+
+def _resolve_output(output_dir: str) -> str:
+  """The directory to write: a symlink to a directory is followed to its target."""
+  if not os.path.islink(output_dir):
+    return output_dir
+  target = os.path.realpath(output_dir)
+  if not os.path.exists(target):
+    raise DataError(f"{output_dir}: broken symlink (its target {target} does not exist)")
+  if not os.path.isdir(target):
+    raise DataError(f"{output_dir}: symlink to {target}, which is not a directory")
+  # Build next to the target: same filesystem, so the final rename is atomic and the link stays.
+  return target
+
+
+def _warn_stale(output_dir: str) -> None:
+  """Warns about temporary folders that killed runs left next to the output (never deletes)."""
+  parent, name = os.path.split(output_dir)
+  try:
+    entries = sorted(os.listdir(parent))
+  except OSError:
+    return
+  for entry in entries:
+    if entry.startswith((f".{name}.tmp-", f".{name}.old-")):
+      logging.warning("%s: left by an interrupted run; delete it unless a conversion is running",
+                      os.path.join(parent, entry))
 
 
 def _check_output(input_dir: str, output_dir: str, overwrite: bool) -> None:
@@ -447,7 +532,7 @@ def _check_output(input_dir: str, output_dir: str, overwrite: bool) -> None:
                     f"input's {train_real}")
   if not os.path.lexists(output_dir):
     return
-  if not os.path.isdir(output_dir) or os.path.islink(output_dir):
+  if not os.path.isdir(output_dir):
     raise DataError(f"{output_dir}: exists and is not a directory")
   entries = set(os.listdir(output_dir))
   if not entries:
@@ -486,6 +571,7 @@ def convert(input_dir: str, output_dir: str | None = None, *, val_split: float =
   """Converts `<input_dir>/train` into a ReID dataset at `output_dir`; returns the summary."""
   if not 0 < val_split < 1:
     raise DataError(f"--val_split must be in (0, 1), got {val_split}")
+  split_names(val_split)  # Refuses a val_split the list names cannot express, before any work.
   if min_per_person < 1 or max_per_person < min_per_person:
     raise DataError(f"need 1 <= --min_per_person <= --max_per_person, got {min_per_person} and "
                     f"{max_per_person}")
@@ -501,12 +587,14 @@ def convert(input_dir: str, output_dir: str | None = None, *, val_split: float =
   if output_dir is None:
     output_dir = os.path.join(input_dir, "reid")
   output_dir = os.path.abspath(output_dir)
-  _check_output(input_dir, output_dir, overwrite)
+  target = _resolve_output(output_dir)
+  _check_output(input_dir, target, overwrite)
+  _warn_stale(target)
 
   plan = plan_conversion(os.path.join(input_dir, "train"), val_split=val_split,
                          vis_threshold=vis_threshold, min_per_person=min_per_person,
                          max_per_person=max_per_person, seed=seed)
-  parent, name = os.path.split(output_dir)
+  parent, name = os.path.split(target)
   os.makedirs(parent, exist_ok=True)
   # Same parent as the output, so the final rename is atomic and never copies across filesystems.
   tmp_dir = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -514,15 +602,14 @@ def convert(input_dir: str, output_dir: str | None = None, *, val_split: float =
   try:
     write_dataset(plan, tmp_dir, val_split=val_split, jpeg_quality=jpeg_quality,
                   num_workers=num_workers)
-    if os.path.isdir(output_dir) and not os.listdir(output_dir):
-      os.rmdir(output_dir)
-    _replace_dir(tmp_dir, output_dir)
+    if os.path.isdir(target) and not os.listdir(target):
+      os.rmdir(target)
+    _replace_dir(tmp_dir, target)
   except BaseException:
     shutil.rmtree(tmp_dir, ignore_errors=True)
     raise
-  for split in ("train", "val"):
-    if plan.summary[f"{split}_identities"] == 0:
-      logging.warning("the %s split is empty; lower --min_per_person or change --val_split", split)
+  if plan.summary["val_identities"] == 0:
+    logging.warning("the val split is empty; lower --min_per_person or raise --val_split")
   train_list, val_list = split_names(val_split)
   return {**plan.summary, "output_dir": output_dir, "train_list": f"meta/{train_list}",
           "val_list": f"meta/{val_list}"}
@@ -561,11 +648,28 @@ def format_summary(summary: dict[str, Any]) -> str:
           f"  rows dropped: {dropped}")
 
 
+class Terminated(SystemExit):
+  """Raised by the SIGTERM handler, so the cleanup that runs for Ctrl-C runs for `timeout` too."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+  """SIGTERM handler: unwinds the main thread (temporary folder removed, pool terminated)."""
+  raise Terminated(128 + signum)
+
+
+def _os_error_text(e: OSError, output_dir: str) -> str:
+  """`path: reason` for an OSError; errors that name no file are blamed on the output."""
+  path = e.filename if e.filename is not None else output_dir
+  return f"{path}: {e.strerror or e}"
+
+
 def main(argv: list[str]) -> None:
-  """Runs the conversion from flags; user errors exit with one line."""
+  """Runs the conversion from flags; user errors, I/O errors and interrupts exit with one line."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   FLAGS = flags.FLAGS
+  output_dir = FLAGS.output_dir or os.path.join(FLAGS.input_dir, "reid")
+  signal.signal(signal.SIGTERM, _raise_terminated)
   try:
     summary = convert(FLAGS.input_dir, FLAGS.output_dir, val_split=FLAGS.val_split,
                       vis_threshold=FLAGS.vis_threshold, min_per_person=FLAGS.min_per_person,
@@ -574,6 +678,12 @@ def main(argv: list[str]) -> None:
                       jpeg_quality=FLAGS.jpeg_quality)
   except DataError as e:
     sys.exit(f"error: {e}")
+  except OSError as e:
+    sys.exit(f"error: {_os_error_text(e, output_dir)}")
+  except KeyboardInterrupt:
+    sys.exit(f"error: interrupted; {output_dir} unchanged")
+  except Terminated:
+    sys.exit(f"error: terminated; {output_dir} unchanged")
   logging.info("%s", format_summary(summary))
 
 

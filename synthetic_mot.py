@@ -9,14 +9,17 @@ a textured scene with perspective scale, a walk cycle, changing light, occlusion
 scene objects, and leaves and re-enters the frame under the same id. The gt visibility column is the
 fraction of the person's own mask that is actually visible (not covered by nearer objects, not
 outside the image).
-The output is a pure function of the flags: every sequence draws from its own seeded generator, so
-the bytes do not depend on --num_workers.
+The output is a pure function of the flags (for given Pillow and NumPy versions): every sequence
+draws from its own seeded generator, so the bytes do not depend on --num_workers.
+--overwrite only replaces a previous output of this script: `train/` holding SYNTH17 sequences,
+optionally with the `reid/` folder that convert_mot17.py writes there by default.
 """
 
 import concurrent.futures
 import dataclasses
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -34,6 +37,11 @@ FRAME_RATE = 30
 # MOT17 class ids used here.
 PEDESTRIAN, CAR, STATIC_PERSON, DISTRACTOR, OCCLUDER, GROUND_OCCLUDER, FULL_OCCLUDER = (
     1, 3, 7, 8, 9, 10, 11)
+
+# What a previous output holds: the rendered train/ and convert_mot17.py's default reid/.
+SEQUENCE_DIR = re.compile(rf"SYNTH17-\d{{2}}-({'|'.join(VARIANTS)})")
+OUTPUT_ENTRIES = {"train", "reid"}
+REID_ENTRIES = {"imgs", "meta"}
 
 
 class DatasetError(ValueError):
@@ -599,6 +607,26 @@ def _check_args(num_sequences: int, num_frames: int, num_people: int, width: int
     raise DatasetError(f"variants must be distinct names from {','.join(VARIANTS)}, got {variants}")
 
 
+def _check_replaceable(output_dir: str) -> None:
+  """Refuses to replace a non-empty directory that is not a previous output of this script."""
+  entries = set(os.listdir(output_dir))
+  refuse = lambda what: DatasetError(
+      f"{output_dir}: refusing to replace a directory that is not a synthetic_mot.py output "
+      f"({what})")
+  if entries - OUTPUT_ENTRIES:
+    raise refuse(f"contains {', '.join(sorted(entries - OUTPUT_ENTRIES))}")
+  train = os.path.join(output_dir, "train")
+  if not os.path.isdir(train):
+    raise refuse("no train/ directory")
+  # Real MOT17 also has train/: only rendered sequence names mark it as ours.
+  foreign = sorted(n for n in os.listdir(train) if not SEQUENCE_DIR.fullmatch(n))
+  if foreign:
+    raise refuse(f"train/ contains {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}")
+  reid = os.path.join(output_dir, "reid")
+  if "reid" in entries and (not os.path.isdir(reid) or set(os.listdir(reid)) - REID_ENTRIES):
+    raise refuse("reid/ is not a convert_mot17.py output")
+
+
 def render_dataset(output_dir: str, *, seed: int = 0, num_sequences: int = 6,
                    num_frames: int = 150, num_people: int = 30, width: int = 640,
                    height: int = 360, variants: Sequence[str] = ("FRCNN",),
@@ -609,8 +637,10 @@ def render_dataset(output_dir: str, *, seed: int = 0, num_sequences: int = 6,
   output_dir = os.path.abspath(output_dir)
   if os.path.exists(output_dir) and not os.path.isdir(output_dir):
     raise DatasetError(f"{output_dir}: exists and is not a directory")
-  if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
-    raise DatasetError(f"{output_dir}: directory is not empty (pass --overwrite to replace it)")
+  if os.path.isdir(output_dir) and os.listdir(output_dir):
+    if not overwrite:
+      raise DatasetError(f"{output_dir}: directory is not empty (pass --overwrite to replace it)")
+    _check_replaceable(output_dir)
   parent, base = os.path.split(output_dir)
   os.makedirs(parent, exist_ok=True)
   # Render next to the target and rename at the end, so no half-written dataset is ever visible.
@@ -657,7 +687,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("height", 360, "Image height in pixels; people are 16-50% of it tall.")
   flags.DEFINE_list("variants", ["FRCNN"], "Detector copies to write, any of DPM,FRCNN,SDP.")
   flags.DEFINE_integer("num_workers", None, "Processes rendering sequences (default: all cores).")
-  flags.DEFINE_bool("overwrite", False, "Replace a non-empty output_dir.")
+  flags.DEFINE_bool("overwrite", False,
+                    "Replace output_dir if it is a previous output (train/, optional reid/).")
 
 
 def main(argv: Sequence[str]) -> None:

@@ -2,8 +2,10 @@
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -113,9 +115,38 @@ def test_layout_lines_and_split(two_seqs):
 
 def test_split_names():
   assert convert_mot17.split_names(0.2) == ("train_80.txt", "val_20.txt")
-  assert convert_mot17.split_names(0.57) == ("train_43.txt", "val_57.txt")
+  assert convert_mot17.split_names(0.57) == ("train_43.txt", "val_57.txt")  # MMDet: val_56
   assert convert_mot17.split_names(0.125) == ("train_87.5.txt", "val_12.5.txt")
   assert convert_mot17.split_names(0.3) == ("train_70.txt", "val_30.txt")
+  # Extremes: plain decimals, never an exponent.
+  assert convert_mot17.split_names(1e-5) == ("train_99.999.txt", "val_0.001.txt")
+  assert convert_mot17.split_names(0.99999) == ("train_0.001.txt", "val_99.999.txt")
+
+
+@pytest.mark.parametrize("val_split", [1e-7, 4e-7, 0.9999999])
+def test_split_names_refuse_percent_that_rounds_to_0_or_100(val_split):
+  with pytest.raises(convert_mot17.DataError, match=r"too close to 0 or 1: .* to (0|100)%"):
+    convert_mot17.split_names(val_split)
+
+
+@pytest.mark.parametrize("num,val_split,expected", [
+    (180, 0.3, 126),  # float: int(180 * 0.7) == 125
+    (10, 0.9, 1),     # float: int(10 * 0.09999999999999998) == 0
+    (5, 0.2, 4), (5, 0.57, 2), (7, 0.5, 3), (100, 0.07, 93),
+])
+def test_num_train_identities_is_exact(num, val_split, expected):
+  assert convert_mot17.num_train_identities(num, val_split) == expected
+
+
+def test_val_split_09_on_ten_identities_keeps_one_for_train(tmp_path):
+  rows = [row for tid in range(1, 11) for row in track(tid, range(1, 9))]
+  write_seq(tmp_path / "train", "MOT20-01", rows)
+  summary = convert_mot17.convert(str(tmp_path), str(tmp_path / "out"), val_split=0.9,
+                                  num_workers=1)
+  assert (summary["train_identities"], summary["val_identities"]) == (1, 9)
+  assert summary["train_list"] == "meta/train_10.txt"
+  assert {p.split("/")[0] for p, _ in read_list(tmp_path / "out" / "meta" / "train_10.txt")} == {
+      "MOT20-01_000001"}
 
 
 def test_val_split_057_file_names_and_disjoint(two_seqs):
@@ -126,7 +157,7 @@ def test_val_split_057_file_names_and_disjoint(two_seqs):
   val = read_list(out / "meta" / "val_57.txt")
   train_ids = {p.split("/")[0] for p, _ in train}
   val_ids = {p.split("/")[0] for p, _ in val}
-  # int(5 * 0.43) = 2 train identities; identity splits are disjoint and labels contiguous.
+  # floor(5 * 0.43) = 2 train identities; identity splits are disjoint and labels contiguous.
   assert train_ids == {"MOT17-02-FRCNN_000001", "MOT17-02-FRCNN_000002"}
   assert not train_ids & val_ids and len(val_ids) == 3
   assert sorted({label for _, label in train}) == [0, 1]
@@ -168,20 +199,37 @@ def test_filters_class_flag_visibility_outside(tmp_path):
 
 def test_vis_threshold_flag(tmp_path):
   write_seq(tmp_path / "train", "MOT20-01",
-            track(1, range(1, 11), vis=0.5) + track(2, range(1, 11), vis=0.8))
+            track(1, range(1, 11), vis=0.5) + track(2, range(1, 11), vis=0.8)
+            + track(3, range(1, 11), vis=0.6))
   summary = convert_mot17.convert(str(tmp_path), str(tmp_path / "out"), vis_threshold=0.6,
                                   min_per_person=1, num_workers=1)
   listed = read_list(tmp_path / "out" / "meta" / "train.txt")
-  assert {p.split("/")[0] for p, _ in listed} == {"MOT20-01_000002"}
+  assert {p.split("/")[0] for p, _ in listed} == {"MOT20-01_000002", "MOT20-01_000003"}
   assert summary["dropped_rows"]["visibility"] == 10
 
 
-def test_mot15_rows_count_as_visible_pedestrians(tmp_path):
-  rows = [(f, 1, 5, 3, 10, 12, 1, -1, -1, -1) for f in range(1, 9)]
-  write_seq(tmp_path / "train", "TUD-Campus", rows)
-  convert_mot17.convert(str(tmp_path), str(tmp_path / "out"), num_workers=1)
+def test_mot15_world_coordinates_are_not_class_or_visibility(tmp_path):
+  # Columns 8-10 of a MOT15 row are world x, y, z: a "class" of 2.5 or "visibility" of 0.1 there
+  # must not drop the row. Column 7 = 0 (ignore) still drops it.
+  rows = ([(f, 1, 5, 3, 10, 12, 1, 2.5, 7.25, 0) for f in range(1, 9)]
+          + [(f, 2, 5, 3, 10, 12, 1, 3, 0.1, 0) for f in range(1, 9)]
+          + [(f, 3, 5, 3, 10, 12, 0, -1, -1, -1) for f in range(1, 9)])
+  write_seq(tmp_path / "train", "TUD-Stadtmitte", rows)
+  summary = convert_mot17.convert(str(tmp_path), str(tmp_path / "out"), min_per_person=1,
+                                  num_workers=1)
   listed = read_list(tmp_path / "out" / "meta" / "train.txt")
-  assert [p for p, _ in listed] == [f"TUD-Campus_000001/{f:06d}.jpg" for f in range(1, 9)]
+  assert {p.split("/")[0] for p, _ in listed} == {"TUD-Stadtmitte_000001", "TUD-Stadtmitte_000002"}
+  dropped = summary["dropped_rows"]
+  assert (dropped["class"], dropped["visibility"], dropped["consider_flag"]) == (0, 0, 8)
+
+
+def test_mot15_rows_count_as_visible_pedestrians(tmp_path):
+  rows = [(f, tid, 5, 3, 10, 12, 1, -1, -1, -1) for tid in (1, 2) for f in range(1, 9)]
+  write_seq(tmp_path / "train", "TUD-Campus", rows)
+  convert_mot17.convert(str(tmp_path), str(tmp_path / "out"), val_split=0.5, num_workers=1)
+  listed = read_list(tmp_path / "out" / "meta" / "train.txt")
+  assert [p for p, _ in listed] == [f"TUD-Campus_{tid:06d}/{f:06d}.jpg"
+                                    for tid in (1, 2) for f in range(1, 9)]
 
 
 def test_min_and_max_per_person(tmp_path):
@@ -239,6 +287,8 @@ def test_detector_variants_deduplicated_by_name(tmp_path, variants, kept):
     ("1,1,5,3,10,12,1,1,1.0", r":2: id 1 appears twice in frame 1 \(first on line 1\)"),
     ("1,2,5,3,nan,12,1,1,1.0", r":2: non-finite number"),
     ("1,2,5,3,10,12,1,1", r":2: expected 9 comma-separated columns"),
+    ("1,2,1e308,3,1e308,12,1,1,1.0", r":2: box edge left\+width or top\+height overflows"),
+    ("1,2,5,-1e308,10,-1e308,1,1,1.0", r":2: box edge left\+width or top\+height overflows"),
 ])
 def test_read_gt_rejects_bad_rows(tmp_path, row, message):
   gt = tmp_path / "gt.txt"
@@ -369,6 +419,59 @@ def test_refuses_dangerous_outputs(two_seqs, tmp_path):
   assert (empty / "meta" / "train_80.txt").exists()
 
 
+def test_symlinked_output_is_written_through_to_its_target(two_seqs, tmp_path):
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  real = disk / "reid-real"
+  real.mkdir()
+  link = two_seqs / "reid"
+  link.symlink_to(real, target_is_directory=True)
+  summary = convert_mot17.convert(str(two_seqs), num_workers=1)
+  assert summary["output_dir"] == str(link)
+  assert link.is_symlink() and os.readlink(link) == str(real)
+  assert sorted(os.listdir(real)) == ["imgs", "meta"]
+  # The same safety rules apply to the target: not empty -> needs --overwrite.
+  with pytest.raises(convert_mot17.DataError, match="not empty"):
+    convert_mot17.convert(str(two_seqs), num_workers=1)
+  convert_mot17.convert(str(two_seqs), min_per_person=1, overwrite=True, num_workers=1)
+  assert len((real / "meta" / "train.txt").read_text().splitlines()) == 37
+  assert link.is_symlink()
+  # Temporary and moved-aside folders lived next to the target and are gone.
+  assert sorted(os.listdir(disk)) == ["reid-real"]
+  assert sorted(os.listdir(two_seqs)) == ["reid", "train"]
+
+
+def test_symlinked_output_keeps_the_safety_checks(two_seqs, tmp_path):
+  home = tmp_path / "home"
+  home.mkdir()
+  (home / "thesis.tex").write_text("precious")
+  bad = {
+      "home": (home, "not a converter output"),
+      "input": (two_seqs / "train", "input's"),
+      "file": (home / "thesis.tex", r"symlink to .*thesis\.tex, which is not a directory"),
+      "dangling": (tmp_path / "nowhere", r"broken symlink \(its target .*nowhere does not exist"),
+  }
+  for name, (target, message) in bad.items():
+    link = tmp_path / f"link-{name}"
+    link.symlink_to(target)
+    with pytest.raises(convert_mot17.DataError, match=message):
+      convert_mot17.convert(str(two_seqs), str(link), overwrite=True, num_workers=1)
+  assert os.listdir(home) == ["thesis.tex"] and (home / "thesis.tex").read_text() == "precious"
+  assert not (tmp_path / "nowhere").exists()
+
+
+def test_warns_about_stale_temporary_folders_without_deleting(two_seqs, caplog):
+  stale = [two_seqs / ".reid.tmp-0123abcd", two_seqs / ".reid.old-89abcdef"]
+  for path in stale:
+    path.mkdir()
+  (two_seqs / ".other.tmp-00000000").mkdir()  # Another output's: not ours to mention.
+  convert_mot17.convert(str(two_seqs), num_workers=1)
+  warnings = [r.getMessage() for r in caplog.records if "interrupted run" in r.getMessage()]
+  assert sorted(warnings) == sorted(f"{p}: left by an interrupted run; delete it unless a "
+                                    "conversion is running" for p in stale)
+  assert all(p.is_dir() for p in stale)
+
+
 # ---- Command line ----
 
 
@@ -446,6 +549,106 @@ def test_cli_bad_input_is_one_line_error(tmp_path, setup):
   assert lines[0].startswith("error: ") and re.search(expected, lines[0]), lines[0]
   if input_dir.exists():  # Nothing written, not even a temporary directory.
     assert not [n for n in os.listdir(input_dir) if n == "reid" or n.startswith(".")]
+
+
+@pytest.mark.parametrize("val_split", ["0.9", "0.999"])
+def test_cli_empty_train_split_is_an_error(two_seqs, val_split):
+  result = run_cli(f"--input_dir={two_seqs}", f"--val_split={val_split}", "--num_workers=1")
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+  assert "the train split is empty" in lines[0]
+  assert sorted(os.listdir(two_seqs)) == ["train"]
+
+
+def test_cli_os_error_while_planning_is_one_line(two_seqs, tmp_path):
+  blocker = tmp_path / "a-file"
+  blocker.write_text("")
+  result = run_cli(f"--input_dir={two_seqs}", f"--output_dir={blocker}/reid", "--num_workers=1")
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [f"error: {blocker}: File exists"], result.stderr
+
+
+HOOKS = """
+import errno, os, sys, time
+from absl import app
+from PIL import Image
+import convert_mot17
+
+def slow_write(task, jpeg_quality):
+  open(os.path.join(os.environ["HOOK_DIR"], f"worker-{os.getpid()}"), "w").close()
+  time.sleep(60)
+  return 0
+
+def no_space(self, fp, *args, **kwargs):
+  raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+if __name__ == "__main__":
+  mode = sys.argv.pop(1)
+  if mode == "slow":
+    convert_mot17._write_frame = slow_write
+  else:
+    Image.Image.save = no_space
+  convert_mot17.define_flags()
+  app.run(convert_mot17.main)
+"""
+
+
+def start_with_hooks(tmp_path, mode, *args, **popen_args):
+  """Runs the CLI with a slow or failing crop writer (workers import it from the script)."""
+  hook_dir = tmp_path / "hooks"
+  hook_dir.mkdir()
+  (hook_dir / "hooks.py").write_text(HOOKS)
+  env = dict(os.environ, HOOK_DIR=str(hook_dir), PYTHONPATH=ROOT)
+  proc = subprocess.Popen([sys.executable, str(hook_dir / "hooks.py"), mode, *args], cwd=ROOT,
+                          env=env, stderr=subprocess.PIPE, text=True, **popen_args)
+  return proc, hook_dir
+
+
+def wait_for_workers(proc, hook_dir, count):
+  deadline = time.time() + 60
+  while len([n for n in os.listdir(hook_dir) if n.startswith("worker-")]) < count:
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()[1]
+    time.sleep(0.05)
+
+
+def alive(pid):
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().split(") ")[1][0] != "Z"
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.parametrize("sig,workers,word", [(signal.SIGTERM, 2, "terminated"),
+                                              (signal.SIGINT, 2, "interrupted"),
+                                              (signal.SIGINT, 1, "interrupted")])
+def test_cli_signal_cleans_up_and_stops_workers(two_seqs, tmp_path, sig, workers, word):
+  out = two_seqs / "reid"
+  # A new session, so that SIGINT goes to the whole group as Ctrl-C does.
+  proc, hook_dir = start_with_hooks(tmp_path, "slow", f"--input_dir={two_seqs}",
+                                    f"--num_workers={workers}", start_new_session=True)
+  wait_for_workers(proc, hook_dir, min(workers, 2))
+  assert [n for n in os.listdir(two_seqs) if n.startswith(".reid.tmp-")]
+  os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)
+  _, stderr = proc.communicate(timeout=60)
+  assert proc.returncode == 1
+  assert "Traceback" not in stderr, stderr
+  assert stderr.strip().splitlines()[-1] == f"error: {word}; {out} unchanged"
+  assert sorted(os.listdir(two_seqs)) == ["train"]
+  pids = [int(n.split("-")[1]) for n in os.listdir(hook_dir) if n.startswith("worker-")]
+  assert not [pid for pid in pids if pid != proc.pid and alive(pid)]
+
+
+def test_cli_disk_full_while_writing_is_one_line(two_seqs, tmp_path):
+  proc, _ = start_with_hooks(tmp_path, "no_space", f"--input_dir={two_seqs}", "--num_workers=1")
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 1
+  assert "Traceback" not in stderr, stderr
+  last = stderr.strip().splitlines()[-1]
+  assert re.fullmatch(rf"error: {re.escape(str(two_seqs))}/\.reid\.tmp-\w+/imgs/"
+                      r"MOT17-02-FRCNN_000001/000001\.jpg: No space left on device", last), last
+  assert sorted(os.listdir(two_seqs)) == ["train"]
 
 
 @pytest.mark.parametrize("val_split", ["0", "1", "1.5", "-0.2"])

@@ -228,24 +228,50 @@ def run_cli(*args):
       capture_output=True, text=True, cwd=ROOT, timeout=120)
 
 
-def test_cli_refuses_non_empty_output_without_overwrite(tmp_path):
+def test_cli_refuses_non_empty_output_even_with_overwrite(tmp_path):
   out = tmp_path / "data"
   out.mkdir()
-  (out / "keep.txt").write_text("user data")
-  result = run_cli(f"--output_dir={out}")
-  assert result.returncode != 0
-  assert result.stderr.strip().count("\n") == 0, result.stderr
-  assert result.stderr.startswith("error:") and str(out) in result.stderr
-  assert sorted(os.listdir(tmp_path)) == ["data"] and os.listdir(out) == ["keep.txt"]
-  result = run_cli(f"--output_dir={out}", "--overwrite")
+  (out / "thesis.tex").write_text("user data")
+  for args in ([], ["--overwrite"]):
+    result = run_cli(f"--output_dir={out}", *args)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert result.stderr.startswith(f"error: {out}: ")
+    assert sorted(os.listdir(tmp_path)) == ["data"] and os.listdir(out) == ["thesis.tex"]
+  assert "not a synthetic_mot.py output (contains thesis.tex)" in result.stderr
+
+
+def test_cli_overwrite_replaces_previous_output_and_its_reid_folder(tmp_path):
+  out = tmp_path / "data"
+  assert run_cli(f"--output_dir={out}").returncode == 0
+  (out / "reid" / "meta").mkdir(parents=True)  # what convert_mot17.py writes by default
+  (out / "reid" / "meta" / "train_80.txt").write_text("SYNTH17-01-FRCNN_000001/000001.jpg 0\n")
+  result = run_cli(f"--output_dir={out}", "--overwrite", "--seed=1")
   assert result.returncode == 0, result.stderr
   assert sorted(os.listdir(tmp_path)) == ["data"] and os.listdir(out) == ["train"]
 
 
+@pytest.mark.parametrize("layout", [
+    {"train/MOT17-02-FRCNN/gt/gt.txt": "1,1,1,1,1,1,1,1,1\n"},  # a real MOT17 train split
+    {"train/SYNTH17-01-FRCNN/seqinfo.ini": "", "test/x": ""},   # anything beside train/ and reid/
+    {"train/SYNTH17-01-FRCNN/seqinfo.ini": "", "reid/notes.txt": ""},
+    {"reid/meta/train_80.txt": ""},                             # no train/
+])
+def test_overwrite_refuses_what_is_not_a_previous_output(tmp_path, layout):
+  out = tmp_path / "data"
+  for relpath, text in layout.items():
+    (out / relpath).parent.mkdir(parents=True, exist_ok=True)
+    (out / relpath).write_text(text)
+  with pytest.raises(synthetic_mot.DatasetError, match="not a synthetic_mot.py output"):
+    synthetic_mot.render_dataset(str(out), overwrite=True, num_workers=1, **TINY)
+  assert sorted(os.listdir(tmp_path)) == ["data"]
+  assert tree_bytes(out) == {k: v.encode() for k, v in layout.items()}
+
+
 def test_failed_render_leaves_old_data_and_no_partial_output(tmp_path, monkeypatch):
   out = tmp_path / "data"
-  out.mkdir()
-  (out / "keep.txt").write_text("user data")
+  (out / "train" / "SYNTH17-01-FRCNN").mkdir(parents=True)
+  (out / "train" / "SYNTH17-01-FRCNN" / "seqinfo.ini").write_text("old")
 
   def broken(*args):
     raise RuntimeError("disk full")
@@ -255,7 +281,8 @@ def test_failed_render_leaves_old_data_and_no_partial_output(tmp_path, monkeypat
     synthetic_mot.render_dataset(str(out), overwrite=True, num_workers=1, **TINY)
   with pytest.raises(RuntimeError):
     synthetic_mot.render_dataset(str(tmp_path / "new"), num_workers=1, **TINY)
-  assert sorted(os.listdir(tmp_path)) == ["data"] and os.listdir(out) == ["keep.txt"]
+  assert sorted(os.listdir(tmp_path)) == ["data"]
+  assert tree_bytes(out) == {os.path.join("train", "SYNTH17-01-FRCNN", "seqinfo.ini"): b"old"}
 
 
 def test_rejects_unknown_variant(tmp_path):
