@@ -506,3 +506,41 @@ def test_import_errors_name_the_file(tmp_path, monkeypatch):
                       lambda name, *a: None if name == 'torch' else real_find_spec(name, *a))
   with pytest.raises(ValueError, match='resnet50.pth: .*needs PyTorch.*safetensors'):
     load(pth)
+
+
+@pytest.mark.parametrize('depth', [18, 50])
+def test_import_reproduces_torchvision_logits(tmp_path, depth):
+  # torchvision itself (when installed; it is optional): random weights, perturbed BN statistics
+  # so eval-mode BN is not the identity, saved as a .pth, imported, and the ImageNet fc applied to
+  # our pooled features. No weights are downloaded.
+  torch = pytest.importorskip('torch')
+  torchvision = pytest.importorskip('torchvision')
+  torch.manual_seed(depth)
+  net = getattr(torchvision.models, f'resnet{depth}')(weights=None).eval()
+  with torch.no_grad():
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.running_mean.uniform_(-0.5, 0.5)
+        module.running_var.uniform_(0.5, 2.0)
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.uniform_(-0.5, 0.5)
+  path = tmp_path / f'resnet{depth}.pth'
+  torch.save(net.state_dict(), path)
+  images = random_images(*IMPORT_INPUT_HW)
+  with torch.no_grad():
+    expected = net(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+
+  backbone = models.ResNet(depth=depth)
+  variables = random_variables(backbone, images)
+  params, batch_stats, report = models.load_pretrained(
+      variables['params'], variables['batch_stats'], str(path))
+  assert report['missing_model_keys'] == report['unmatched_file_keys'] == []
+  assert {'fc.weight', 'fc.bias'} <= set(report['ignored'])
+  features = backbone.apply({'params': params, 'batch_stats': batch_stats}, images)
+  pooled = np.asarray(features).mean(axis=(1, 2))
+  state = net.state_dict()
+  logits = pooled @ state['fc.weight'].numpy().T + state['fc.bias'].numpy()
+  max_abs = float(np.max(np.abs(logits - expected)))
+  print(f'resnet{depth} vs torchvision {torchvision.__version__}: max |logits diff| = '
+        f'{max_abs:.2e}, max |logit| = {np.abs(expected).max():.2f}')
+  assert max_abs < 1e-4 * max(1.0, np.abs(expected).max())
