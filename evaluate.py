@@ -15,6 +15,7 @@ Market-1501 camera filter. train.py uses `make_embed_fn` / `evaluate_filelist` f
 """
 
 import functools
+import hashlib
 import json
 import logging as std_logging
 import math
@@ -43,6 +44,11 @@ import input_pipeline
 import models
 
 FLAGS = flags.FLAGS
+
+# Query chunks whose largest identity has more gallery images than this are ranked by binary
+# search instead of counting: the break-even on a 2-core CPU was ~135 at G = 5k, ~80 at G = 20k.
+SEARCH_ABOVE = 100
+SEARCH_PAIRS = 1 << 20  # (gallery item, query) pairs per binary-search chunk: bounds its memory
 
 # ---- Host-side input checks and encoding ----
 
@@ -92,6 +98,56 @@ def _before(dist_a, index_a, dist_b, index_b):
   return (dist_a < dist_b) | ((dist_a == dist_b) & (index_a < index_b))
 
 
+def _query_slice(start, query, query_meta, chunk):
+  """Features and metadata of queries [start, start + chunk)."""
+  q = jax.lax.dynamic_slice_in_dim(query, start, chunk)
+  return q, jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk), query_meta)
+
+
+def _distances_t(q, gallery, gallery_sq):
+  """(G, chunk) squared distances; both paths use this one expression, so they rank alike."""
+  return (gallery_sq[:, None] + jnp.sum(q * q, axis=1)[None, :]
+          - 2.0 * jnp.dot(gallery, q.T, precision=jax.lax.Precision.HIGHEST))
+
+
+def _dropped(index, meta, qm, frame_gap, *, exclude_self, use_frame_gap, use_cams):
+  """True where a gallery item of the query's identity is ignored (self, frame gap, camera).
+
+  `index`/`meta` (gallery) and `qm` (query) arrive already broadcastable against each other.
+  """
+  drop = jnp.zeros((), bool)
+  if exclude_self:
+    drop = drop | (index == qm["self_index"])
+  if use_frame_gap:
+    drop = drop | ((meta["sequence"] == qm["sequence"])
+                   & (jnp.abs(meta["frame"] - qm["frame"]) <= frame_gap))
+  if use_cams:
+    drop = drop | (meta["camera"] == qm["camera"])
+  return drop
+
+
+def _summarize(keep, ranks, hits, num_gallery, axis):
+  """AP, INP, first-hit rank and positive count from kept positives' ranks and hit counts."""
+  num_pos = jnp.sum(keep, axis=axis, dtype=jnp.int32)
+  precision = jnp.where(keep, hits / jnp.maximum(ranks, 1), 0.0)
+  ap = jnp.sum(precision, axis=axis) / jnp.maximum(num_pos, 1)
+  first = jnp.min(jnp.where(keep, ranks, num_gallery + 1), axis=axis)
+  last = jnp.max(jnp.where(keep, ranks, 0), axis=axis)
+  return ap, num_pos / jnp.maximum(last, 1), first, num_pos
+
+
+def _positives(dist_t, qm, gallery_meta, table, frame_gap, **drop_options):
+  """(P, chunk) gallery index (padded with G), existence, distance and kept mask of positives."""
+  num_gallery = dist_t.shape[0]
+  pos_index = table[qm["label"]].T
+  exists = pos_index < num_gallery
+  safe_index = jnp.minimum(pos_index, num_gallery - 1)
+  pos_dist = jnp.take_along_axis(dist_t, safe_index, axis=0)
+  keep = exists & ~_dropped(pos_index, jax.tree.map(lambda a: a[safe_index], gallery_meta),
+                            jax.tree.map(lambda a: a[None, :], qm), frame_gap, **drop_options)
+  return pos_index, exists, pos_dist, keep
+
+
 @functools.partial(
     jax.jit, static_argnames=("chunk", "exclude_self", "use_frame_gap", "use_cams"))
 def _chunk_stats(start, num_steps, query, query_meta, gallery, gallery_sq, gallery_meta, table,
@@ -100,30 +156,18 @@ def _chunk_stats(start, num_steps, query, query_meta, gallery, gallery_sq, galle
 
   Instead of sorting each (chunk, G) distance row, it counts for every positive how many gallery
   items rank before it: only positives' ranks matter, and XLA's CPU sort is several times slower.
-  Ignored items (self, frame-gap neighbours, same camera) always share the query's identity, so
-  they are dropped by subtracting them from those counts.
+  That is num_steps passes over the gallery; `_search_chunk_stats` takes over for identities with
+  many images. Ignored items (self, frame-gap neighbours, same camera) always share the query's
+  identity, so they are dropped by subtracting them from those counts.
   """
-  q = jax.lax.dynamic_slice_in_dim(query, start, chunk)
-  qm = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, start, chunk), query_meta)
+  q, qm = _query_slice(start, query, query_meta, chunk)
   num_gallery = gallery.shape[0]
   # (G, chunk) layout: reducing over the leading axis vectorises well on CPU.
-  dist_t = (gallery_sq[:, None] + jnp.sum(q * q, axis=1)[None, :]
-            - 2.0 * jnp.dot(gallery, q.T, precision=jax.lax.Precision.HIGHEST))
+  dist_t = _distances_t(q, gallery, gallery_sq)
 
-  pos_index = table[qm["label"]].T  # (P, chunk), padded with num_gallery
-  exists = pos_index < num_gallery
-  safe_index = jnp.minimum(pos_index, num_gallery - 1)
-  pos_dist = jnp.take_along_axis(dist_t, safe_index, axis=0)
-  keep = exists
-  if exclude_self:
-    keep &= pos_index != qm["self_index"][None, :]
-  if use_frame_gap:
-    same_sequence = gallery_meta["sequence"][safe_index] == qm["sequence"][None, :]
-    gap = jnp.abs(gallery_meta["frame"][safe_index] - qm["frame"][None, :])
-    keep &= ~(same_sequence & (gap <= frame_gap))
-  if use_cams:
-    keep &= gallery_meta["camera"][safe_index] != qm["camera"][None, :]
-
+  pos_index, exists, pos_dist, keep = _positives(
+      dist_t, qm, gallery_meta, table, frame_gap, exclude_self=exclude_self,
+      use_frame_gap=use_frame_gap, use_cams=use_cams)
   gallery_index = jnp.arange(num_gallery, dtype=jnp.int32)[:, None]
 
   def rank_of_positive(j, carry):
@@ -139,12 +183,51 @@ def _chunk_stats(start, num_steps, query, query_meta, gallery, gallery_sq, galle
   # Rows j >= num_steps are padding for every query of the chunk; the loop skips them.
   zeros = jnp.zeros(pos_index.shape, jnp.int32)
   ranks, hits = jax.lax.fori_loop(0, num_steps, rank_of_positive, (zeros, zeros))
-  num_pos = jnp.sum(keep, axis=0, dtype=jnp.int32)
-  ap = jnp.sum(jnp.where(keep, hits / jnp.maximum(ranks, 1), 0.0), axis=0) / jnp.maximum(num_pos, 1)
-  first = jnp.min(jnp.where(keep, ranks, num_gallery + 1), axis=0)
-  last = jnp.max(jnp.where(keep, ranks, 0), axis=0)
-  inp = num_pos / jnp.maximum(last, 1)
-  return ap, inp, first, num_pos
+  return _summarize(keep, ranks, hits, num_gallery, axis=0)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("chunk", "exclude_self", "use_frame_gap", "use_cams"))
+def _search_chunk_stats(start, num_steps, num_halvings, query, query_meta, gallery, gallery_sq,
+                        gallery_meta, table, frame_gap, *, chunk, exclude_self, use_frame_gap,
+                        use_cams):
+  """As `_chunk_stats`, in about log2(num_steps) passes over the gallery instead of num_steps.
+
+  Each query's positives are sorted by (distance, gallery index), every gallery item finds by
+  binary search how many of them rank before it, and a histogram of the negatives' positions
+  gives each positive's rank. (A full sort of each (chunk, G) row would do too, but XLA's CPU
+  sort with a payload takes ~150 ns per item: it only breaks even at ~500 positives.)
+  """
+  q, qm = _query_slice(start, query, query_meta, chunk)
+  num_gallery = gallery.shape[0]
+  dist_t = _distances_t(q, gallery, gallery_sq)  # (G, chunk)
+  pos_index, exists, pos_dist, keep = _positives(
+      dist_t, qm, gallery_meta, table, frame_gap, exclude_self=exclude_self,
+      use_frame_gap=use_frame_gap, use_cams=use_cams)
+  # Padding (distance inf, index G) sorts after every real item.
+  pos_dist = jnp.where(exists, pos_dist, jnp.inf)
+  pos_dist, pos_index, keep = jax.lax.sort((pos_dist, pos_index, keep), dimension=0, num_keys=2)
+
+  gallery_index = jnp.arange(num_gallery, dtype=jnp.int32)[:, None]
+
+  def halve(_, bounds):
+    # Invariant: the sorted positives [0, lo) rank before the gallery item, [hi, P) after it.
+    lo, hi = bounds
+    mid = jnp.minimum((lo + hi) // 2, pos_index.shape[0] - 1)
+    ahead = _before(jnp.take_along_axis(pos_dist, mid, axis=0),
+                    jnp.take_along_axis(pos_index, mid, axis=0), dist_t, gallery_index)
+    return jnp.where(ahead, mid + 1, lo), jnp.where(ahead, hi, mid)
+
+  lo = jnp.zeros(dist_t.shape, jnp.int32)
+  lo, _ = jax.lax.fori_loop(0, num_halvings, halve, (lo, jnp.full_like(lo, num_steps)))
+  # Negatives ranked before sorted positive j are those with lo <= j.
+  negative = gallery_meta["label"][:, None] != qm["label"][None, :]
+  column = jnp.arange(chunk, dtype=jnp.int32)[None, :]
+  histogram = jnp.zeros((pos_index.shape[0] + 1, chunk), jnp.int32).at[lo, column].add(
+      negative.astype(jnp.int32))
+  hits = jnp.cumsum(keep, axis=0, dtype=jnp.int32)
+  ranks = jnp.cumsum(histogram, axis=0)[:-1] + hits
+  return _summarize(keep, ranks, hits, num_gallery, axis=0)
 
 
 # ---- Public API ----
@@ -189,7 +272,7 @@ def retrieval_stats(query: np.ndarray | jax.Array, query_labels: np.ndarray,
   q_label, g_label = _encode(query_labels, gallery_labels)
   query_meta = {"label": q_label, "frame": zeros_q, "sequence": zeros_q, "camera": zeros_q,
                 "self_index": np.arange(num_query, dtype=np.int32)}
-  gallery_meta = {"frame": zeros_g, "sequence": zeros_g, "camera": zeros_g}
+  gallery_meta = {"label": g_label, "frame": zeros_g, "sequence": zeros_g, "camera": zeros_g}
 
   use_frame_gap = frame_gap is not None
   if use_frame_gap:
@@ -221,7 +304,7 @@ def retrieval_stats(query: np.ndarray | jax.Array, query_labels: np.ndarray,
 
   table = _positive_table(g_label, int(max(q_label.max(), g_label.max())) + 1)
   # Queries with few positives share chunks, so each chunk loops only over as many positive slots
-  # as its largest identity needs.
+  # as its largest identity needs (or, past SEARCH_ABOVE, binary-searches that many).
   pos_count = (table[q_label] < num_gallery).sum(axis=1)
   order = np.argsort(pos_count, kind="stable")
   pos_count = pos_count[order]
@@ -229,17 +312,29 @@ def retrieval_stats(query: np.ndarray | jax.Array, query_labels: np.ndarray,
 
   chunk = min(chunk_size, num_query)
   device_gallery = jnp.asarray(gallery)
-  args = (jnp.asarray(query[order]), jax.tree.map(jnp.asarray, query_meta), device_gallery,
-          jnp.sum(device_gallery * device_gallery, axis=1), jax.tree.map(jnp.asarray, gallery_meta),
-          jnp.asarray(table), jnp.int32(frame_gap or 0))
-  static = dict(chunk=chunk, exclude_self=all_vs_all, use_frame_gap=use_frame_gap,
-                use_cams=use_cams)
+  query_args = (jnp.asarray(query[order]), jax.tree.map(jnp.asarray, query_meta))
+  gallery_args = (device_gallery, jnp.sum(device_gallery * device_gallery, axis=1),
+                  jax.tree.map(jnp.asarray, gallery_meta))
+  device_table, device_gap = jnp.asarray(table), jnp.int32(frame_gap or 0)
+  options = dict(exclude_self=all_vs_all, use_frame_gap=use_frame_gap, use_cams=use_cams)
+  search_rows = max(1, min(chunk, SEARCH_PAIRS // num_gallery))
   pieces = []
   for start in range(0, num_query, chunk):
     # The last chunk is shifted back to stay full (one compiled shape); its repeats are dropped.
     shifted = min(start, num_query - chunk)
-    stats = _chunk_stats(shifted, int(pos_count[shifted + chunk - 1]), *args, **static)
-    pieces.append((start - shifted, stats))  # no host sync here, so chunks queue up on device
+    end = shifted + chunk
+    num_steps = int(pos_count[end - 1])
+    if num_steps <= SEARCH_ABOVE:
+      stats = _chunk_stats(shifted, num_steps, *query_args, *gallery_args, device_table,
+                           device_gap, chunk=chunk, **options)
+      pieces.append((start - shifted, stats))  # no host sync here, so chunks queue up on device
+      continue
+    for sub in range(start, end, search_rows):
+      sub_shifted = min(sub, end - search_rows)
+      stats = _search_chunk_stats(sub_shifted, num_steps, num_steps.bit_length(), *query_args,
+                                  *gallery_args, device_table, device_gap, chunk=search_rows,
+                                  **options)
+      pieces.append((sub - sub_shifted, stats))
   per_query = [[], [], [], []]
   for skip, stats in pieces:
     for values, stat in zip(per_query, jax.device_get(stats), strict=True):
@@ -552,6 +647,14 @@ def _list_name(list_path: str) -> str:
   return os.path.splitext(os.path.basename(list_path))[0]
 
 
+def _result_name(list_paths: Sequence[str], image_root: str) -> str:
+  """'<list>[_vs_<gallery>]_<6 hex>', the hash of the absolute lists and image root."""
+  # Another folder's val_20.txt must not overwrite this one's result.
+  key = json.dumps([os.path.abspath(p) for p in (*list_paths, image_root)])
+  digest = hashlib.sha1(key.encode()).hexdigest()[:6]
+  return f"{'_vs_'.join(map(_list_name, list_paths))}_{digest}"
+
+
 def _check_output(path: str, overwrite: bool) -> None:
   """Refuses to replace an existing file unless asked to, so no earlier result is lost."""
   if os.path.exists(path) and not overwrite:
@@ -632,12 +735,12 @@ def evaluate_checkpoint(workdir: str, checkpoint: str = 'best', *, list_path: st
   if query_list:
     query = input_pipeline.read_filelist(query_list, root)
     gallery = input_pipeline.read_filelist(gallery_list, root)
-    name = f'{_list_name(query_list)}_vs_{_list_name(gallery_list)}'
+    name = _result_name([query_list, gallery_list], root)
     result.update(mode='query-gallery', query_list=query_list, gallery_list=gallery_list)
   else:
     list_path = _default_list(config, list_path)
     query = gallery = input_pipeline.read_filelist(list_path, root)
-    name = _list_name(list_path)
+    name = _result_name([list_path], root)
     result.update(mode='all-vs-all', list=list_path)
     if protocol == 'frame_gap':
       frame_gap = frame_gap if frame_gap is not None else (config.eval.frame_gap or 30)
@@ -843,7 +946,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                     'all: MMDet all-vs-all; frame_gap: also ignore same-track images within '
                     '--frame_gap frames.', **fv)
   flags.DEFINE_integer('frame_gap', None, 'Frames for --protocol=frame_gap '
-                       '(default: config eval.frame_gap, or 30).', lower_bound=0, **fv)
+                       '(default: config eval.frame_gap, or 30).', **fv)
   flags.DEFINE_bool('flip_tta', False, 'Average the embeddings of each image and its mirror.',
                     **fv)
   flags.DEFINE_string('query_list', None,
@@ -852,9 +955,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_string('output', None,
                       'embed/visualize: output file (default: in the workdir).', **fv)
   flags.DEFINE_bool('overwrite', False, 'Replace an existing --output file.', **fv)
-  flags.DEFINE_integer('num_queries', 8, 'visualize: rows (queries).', lower_bound=1, **fv)
-  flags.DEFINE_integer('top_k', 10, 'visualize: ranked gallery items per query.', lower_bound=1,
-                       **fv)
+  # No lower_bound= on these: the functions check them, and their errors are one line.
+  flags.DEFINE_integer('num_queries', 8, 'visualize: rows (queries).', **fv)
+  flags.DEFINE_integer('top_k', 10, 'visualize: ranked gallery items per query.', **fv)
   flags.DEFINE_integer('seed', 0, 'visualize: seed of the query sample.', **fv)
   flags.DEFINE_bool('worst', False, 'visualize: the lowest-AP queries instead of a sample.', **fv)
 
@@ -870,6 +973,8 @@ def run(fv: flags.FlagValues) -> str:
         protocol=fv.protocol, frame_gap=fv.frame_gap, **common))
   if fv.query_list or fv.gallery_list:
     raise ValueError(f'--query_list/--gallery_list are for --mode=eval, not {fv.mode}')
+  if fv['protocol'].present or fv.frame_gap is not None:
+    raise ValueError(f'--protocol/--frame_gap are for --mode=eval, not {fv.mode}')
   if fv.mode == 'embed':
     path = export_embeddings(fv.workdir, list_path=fv.list, output=fv.output,
                              overwrite=fv.overwrite, **common)
@@ -896,6 +1001,14 @@ class QuietOrbax(std_logging.Filter):
     return record.levelno >= self.level and self.EXPECTED not in record.getMessage()
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parses the command line; a bad flag value is one `error:` line, as every other error."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'error: {e}')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -908,4 +1021,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

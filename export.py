@@ -306,7 +306,11 @@ def export_workdir(workdir: str, output: str, checkpoint: str = 'best', *, norma
   meta = sidecar(config, workdir, checkpoint, step, embedding_size, normalize, opset)
   meta['parity_error'] = error
 
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  folder = os.path.dirname(os.path.abspath(output))
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:  # e.g. a file where a folder of the path should be
+    raise ValueError(f'{output}: cannot create folder {folder} ({e.strerror})') from None
   temps = []
   try:
     temps.append(_write_temp(output, onnx_model.SerializeToString()))
@@ -343,7 +347,7 @@ def main(argv):
   try:
     meta = export_workdir(FLAGS.workdir, FLAGS.output, FLAGS.checkpoint,
                           normalize=FLAGS.normalize, opset=FLAGS.opset, overwrite=FLAGS.overwrite)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, OSError) as e:  # OSError: e.g. a file where --output needs a folder
     sys.exit(f'error: {e}')
   kind = 'normalized' if meta['normalized'] else 'raw'
   print(f"wrote {FLAGS.output} and {sidecar_path(FLAGS.output)}: step {meta['source']['step']}, "

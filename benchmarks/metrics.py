@@ -2,8 +2,9 @@
 
   python benchmarks/metrics.py                  # N = 5000 and 20000, D = 128, vs the NumPy loop
   python benchmarks/metrics.py --n=100000       # does 100k fit? ours only, one run, peak RSS
+  python benchmarks/metrics.py --n=5000 --images_per_identity=20,500   # large identities
 
-Embeddings are random clusters (~N/20 identities, all-vs-all). Prints a markdown table.
+Embeddings are random clusters (~N/20 identities by default, all-vs-all). Prints a markdown table.
 """
 
 import datetime
@@ -25,20 +26,27 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("n", ["5000", "20000"], "Numbers of embeddings to evaluate.")
 flags.DEFINE_integer("dim", 128, "Embedding dimension.")
 flags.DEFINE_integer("runs", 5, "Timed runs of ours after one warm-up (median reported).")
-flags.DEFINE_integer("baseline_runs", 5, "Timed runs of the NumPy baseline (median reported).")
+flags.DEFINE_integer("baseline_runs", 5,
+                     "Timed runs of the NumPy baseline (median reported); 0 skips it.")
 flags.DEFINE_integer("baseline_queries", 2000,
                      "Above this N the baseline times this many queries and extrapolates.")
 flags.DEFINE_integer("baseline_max_n", 20000, "Skip the baseline above this N (N² memory).")
+flags.DEFINE_list("images_per_identity", ["20"],
+                  "Mean images per identity (N / this identities); one row per value.")
+flags.DEFINE_integer("search_above", None,
+                     "Override evaluate.SEARCH_ABOVE (e.g. 1000000000: counting path only).")
 
 
 # ---- Data and the reference loop ----
 
 
-def make_embeddings(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """Random clustered embeddings with about n / 20 identities."""
+def make_embeddings(n: int, dim: int, seed: int = 0,
+                    images_per_identity: int = 20) -> tuple[np.ndarray, np.ndarray]:
+  """Random clustered embeddings with about n / images_per_identity identities."""
   rng = np.random.default_rng(seed)
-  labels = rng.integers(0, max(n // 20, 1), n)
-  centres = rng.normal(size=(max(n // 20, 1), dim)).astype(np.float32)
+  num_ids = max(n // images_per_identity, 1)
+  labels = rng.integers(0, num_ids, n)
+  centres = rng.normal(size=(num_ids, dim)).astype(np.float32)
   return centres[labels] + 1.2 * rng.normal(size=(n, dim)).astype(np.float32), labels
 
 
@@ -99,19 +107,21 @@ def peak_rss_gib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
-
-
 def main(argv):
   del argv
+  if FLAGS.search_above is not None:
+    evaluate.SEARCH_ABOVE = FLAGS.search_above
   rows = []
-  for n in sorted(int(v) for v in FLAGS.n):
-    x, labels = make_embeddings(n, FLAGS.dim)
-    run_baseline = n <= FLAGS.baseline_max_n
-    runs = FLAGS.runs if run_baseline else 0  # the 100k check is a single run
+  cases = [(int(n), int(k)) for n in FLAGS.n for k in FLAGS.images_per_identity]
+  for n, per_id in sorted(cases):
+    x, labels = make_embeddings(n, FLAGS.dim, images_per_identity=per_id)
+    runs = FLAGS.runs if n <= FLAGS.baseline_max_n else 0  # the 100k check is a single run
+    run_baseline = runs > 0 and FLAGS.baseline_runs > 0
     first, ours, metrics = time_ours(x, labels, runs)
     rss = peak_rss_gib()
-    row = [f"{n}", f"{FLAGS.dim}", f"{n // 20}", f"{first:.2f}", f"{ours:.2f}", f"{rss:.2f}",
-           f"{metrics['mAP']:.4f}"]
+    largest = np.bincount(labels).max()
+    row = [f"{n}", f"{FLAGS.dim}", f"{len(np.unique(labels))} (largest {largest})",
+           f"{first:.2f}", f"{ours:.2f}", f"{rss:.2f}", f"{metrics['mAP']:.4f}"]
     if run_baseline:
       num_queries = min(n, FLAGS.baseline_queries)
       base, peak, base_metrics = time_baseline(x, labels, FLAGS.baseline_runs, num_queries)
@@ -121,13 +131,14 @@ def main(argv):
     else:
       row += ["not run", "not run", "-"]
     rows.append(row)
-    print(f"done n={n}", flush=True)
+    print(f"done n={n}, {per_id} images per identity", flush=True)
 
   print(f"\nCPU: {cpu_model()}, {os.cpu_count()} cores; load average at end "
         f"{os.getloadavg()[0]:.1f}; {datetime.date.today().isoformat()}")
   print(f"Command: python benchmarks/metrics.py {' '.join(sys.argv[1:])}".rstrip())
-  print(f"Ours: median of {FLAGS.runs} runs after a warm-up (single run when the baseline is "
-        f"skipped); baseline: median of {FLAGS.baseline_runs} runs.\n")
+  print(f"Ours: median of {FLAGS.runs} runs after a warm-up (single run above N = "
+        f"{FLAGS.baseline_max_n}), binary search above {evaluate.SEARCH_ABOVE} images per "
+        f"identity; baseline: median of {FLAGS.baseline_runs} runs.\n")
   print("| N | D | ids | ours first call (s) | ours median (s) | ours peak RSS (GiB) | mAP | "
         "NumPy loop (s) | NumPy peak (GiB, tracemalloc) | speed-up |")
   print("|---|---|---|---|---|---|---|---|---|---|")

@@ -192,3 +192,80 @@ def test_chunking_does_not_change_results():
   small = evaluate.reid_metrics(x, labels, frames=frames, frame_gap=2, chunk_size=7)
   large = evaluate.reid_metrics(x, labels, frames=frames, frame_gap=2, chunk_size=1024)
   assert small == pytest.approx(large, abs=1e-6)
+
+
+# ---- The binary-search path for identities with many images ----
+
+
+def _stats_by_path(monkeypatch, *args, **kwargs):
+  """retrieval_stats with every chunk counted, then with every chunk binary-searched."""
+  out = []
+  for search_above in (10**9, -1):
+    monkeypatch.setattr(evaluate, "SEARCH_ABOVE", search_above)
+    out.append(evaluate.retrieval_stats(*args, **kwargs))
+  return out
+
+
+def _protocols(seed, n, num_ids):
+  """(name, retrieval_stats args, kwargs, NumPy reference of it) for all three protocols."""
+  rng, x, labels = _random_items(seed, n=n, num_ids=num_ids)
+  frames, sequences = rng.integers(0, 40, n), rng.choice(["S1", "S2"], n)
+  cams, split = rng.integers(0, 3, n), max(n // 4, 1)
+  q, g = slice(0, split), slice(split, None)
+
+  def near(i):
+    return ((labels == labels[i]) & (sequences == sequences[i]) & (np.abs(frames - frames[i]) <= 3)
+            | (np.arange(n) == i))
+
+  def same_camera(i):
+    return (labels[g] == labels[q][i]) & (cams[g] == cams[q][i])
+
+  return [
+      ("all", (x, labels), {}, _numpy_reference(x, labels, x, labels, lambda i: [i])),
+      ("frame_gap", (x, labels),
+       dict(query_frames=frames, query_sequences=sequences, frame_gap=3),
+       _numpy_reference(x, labels, x, labels, lambda i: np.flatnonzero(near(i)))),
+      ("cameras", (x[q], labels[q], x[g], labels[g]),
+       dict(query_cams=cams[q], gallery_cams=cams[g]),
+       _numpy_reference(x[q], labels[q], x[g], labels[g],
+                        lambda i: np.flatnonzero(same_camera(i)))),
+  ]
+
+
+@pytest.mark.parametrize("n,num_ids,chunk_size,pairs", [
+    (300, 6, 1024, 1 << 20),  # ~50 images per identity, many exact ties
+    (300, 30, 7, 1 << 20),    # odd chunks: the last one shifted back
+    (300, 6, 64, 300 * 5),    # 5-query search chunks inside each 64-query chunk
+    (5, 2, 1024, 1 << 20),    # gallery smaller than any rank cut-off
+])
+def test_search_path_equals_counting_path_and_numpy_reference(monkeypatch, n, num_ids, chunk_size,
+                                                              pairs):
+  monkeypatch.setattr(evaluate, "SEARCH_PAIRS", pairs)
+  for name, args, kwargs, ref in _protocols(6, n, num_ids):
+    counted, searched = _stats_by_path(monkeypatch, *args, **kwargs, chunk_size=chunk_size)
+    for key in ("first_rank", "num_positives", "inp"):
+      np.testing.assert_array_equal(counted[key], searched[key], err_msg=f"{name} {key}")
+    # The same terms, summed in another order.
+    np.testing.assert_allclose(counted["ap"], searched["ap"], atol=1e-6, rtol=0, err_msg=name)
+    if ref["num_queries"]:  # still searching: _stats_by_path ends on that path
+      _assert_close(evaluate.retrieval_metrics(*args, **kwargs, chunk_size=chunk_size), ref)
+
+
+def test_large_identities_take_the_search_path_and_match_numpy_reference(monkeypatch):
+  # ~150 images per identity: more than SEARCH_ABOVE, so every chunk is binary-searched.
+  rng, x, labels = _random_items(5, n=600, num_ids=4)
+  frames, sequences = rng.integers(0, 60, len(x)), rng.choice(["S1", "S2"], len(x))
+  calls = []
+  search = evaluate._search_chunk_stats
+  monkeypatch.setattr(evaluate, "_search_chunk_stats",
+                      lambda *a, **k: calls.append(k["chunk"]) or search(*a, **k))
+
+  def ignore(q):
+    near = ((labels == labels[q]) & (sequences == sequences[q])
+            & (np.abs(frames - frames[q]) <= 5))
+    return np.flatnonzero(near | (np.arange(len(x)) == q))
+
+  ref = _numpy_reference(x, labels, x, labels, ignore)
+  _assert_close(evaluate.reid_metrics(x, labels, frames=frames, sequences=sequences,
+                                      frame_gap=5), ref)
+  assert calls and 0.05 < ref["mAP"] < 0.95

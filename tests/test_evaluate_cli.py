@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -98,9 +99,12 @@ def test_cli_metrics_equal_the_in_training_evaluation(workdir):
     assert gap['metrics'][key] == pytest.approx(last[f'gap_{key}'], abs=1e-6), key
   assert gap['metrics']['num_skipped'] > 0  # same-track neighbours really were ignored
 
-  # The JSON in the workdir holds what was returned, named after list, step and protocol.
-  assert plain['output'] == os.path.join(workdir, 'eval_val_20_step10.json')
-  assert gap['output'] == os.path.join(workdir, 'eval_val_20_step10_gap30.json')
+  # The JSON in the workdir holds what was returned, named after list (+ a hash of the absolute
+  # list and image root), step and protocol.
+  name = os.path.basename(plain['output'])
+  assert re.fullmatch(r'eval_val_20_[0-9a-f]{6}_step10\.json', name), name
+  assert os.path.dirname(plain['output']) == workdir
+  assert gap['output'] == os.path.join(workdir, name.replace('.json', '_gap30.json'))
   with open(gap['output']) as f:
     assert json.load(f) == json.loads(json.dumps(gap))
   table = evaluate.format_table(plain)
@@ -141,7 +145,8 @@ def test_query_gallery_mode_applies_the_market_camera_filter(workdir, features, 
   assert result['camera_filter'] is True
   assert result['metrics']['mAP'] == pytest.approx(np.nanmean(expected), abs=1e-5)
   assert result['metrics']['num_queries'] == np.isfinite(expected).sum() == 8
-  assert result['output'] == os.path.join(workdir, 'eval_query_vs_gallery_step10.json')
+  assert re.fullmatch(r'eval_query_vs_gallery_[0-9a-f]{6}_step10\.json',
+                      os.path.basename(result['output'])), result['output']
 
   # One name without a camera id turns the filter off, and the output says so.
   os.rename(image_root / names[-1], image_root / 'no_camera.jpg')
@@ -353,8 +358,14 @@ def test_bad_input_is_a_one_line_error_naming_the_file(workdir, features, tmp_pa
   assert "folder" in error(run_flags, workdir, '--mode=visualize',
                            f'--output={tmp_path / "no" / "ranks.png"}')
   assert error(run_flags, '') == '--workdir is required'
-  with pytest.raises(flags.IllegalFlagValueError):
-    run_flags(workdir, '--top_k=0')
+  assert error(run_flags, workdir, '--frame_gap=-1') == '--frame_gap must be >= 0, got -1'
+  assert '--top_k must be >= 1' in error(run_flags, workdir, '--mode=visualize', '--top_k=0')
+  assert '--num_queries and --top_k must be >= 1' in error(run_flags, workdir, '--mode=visualize',
+                                                          '--num_queries=0')
+  assert error(run_flags, workdir, '--mode=embed', '--protocol=frame_gap') == (
+      '--protocol/--frame_gap are for --mode=eval, not embed')
+  assert error(run_flags, workdir, '--mode=visualize', '--frame_gap=5') == (
+      '--protocol/--frame_gap are for --mode=eval, not visualize')
 
 
 def test_command_line_exit_codes_and_messages(workdir, tmp_path):
@@ -367,10 +378,45 @@ def test_command_line_exit_codes_and_messages(workdir, tmp_path):
   ok = run(f'--workdir={workdir}', '--checkpoint=5')
   assert ok.returncode == 0, ok.stderr
   first = [x for x in val_lines(workdir) if x['step'] == 5][0]
-  assert f"{100 * first['mAP']:.2f}" in ok.stdout and 'eval_val_20_step5.json' in ok.stdout
-  assert os.path.exists(os.path.join(workdir, 'eval_val_20_step5.json'))
+  assert f"{100 * first['mAP']:.2f}" in ok.stdout
+  written = re.search(r'wrote (\S*/eval_val_20_[0-9a-f]{6}_step5\.json)$', ok.stdout.strip())
+  assert written and os.path.exists(written.group(1)), ok.stdout
 
   missing = run(f'--workdir={workdir}', '--checkpoint=3')
   assert missing.returncode == 1
   assert missing.stderr.strip().splitlines()[-1].startswith('error: ')
   assert "no checkpoint '3'" in missing.stderr and 'Traceback' not in missing.stderr
+
+  # Bad flag values, whether absl or evaluate.py rejects them, are one line too.
+  for args, message in [(['--frame_gap=-1'], 'error: --frame_gap must be >= 0, got -1'),
+                        (['--top_k=x'], "error: flag --top_k=x: invalid literal for int()"),
+                        (['--protocol=x'], 'error: flag --protocol=x: value should be one of')]:
+    bad = run(f'--workdir={workdir}', *args)
+    assert bad.returncode == 1 and bad.stderr.strip().startswith(message), bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_same_named_lists_in_other_folders_do_not_overwrite_each_other(workdir, tmp_path):
+  with open(val_list(workdir)) as f:
+    lines = [line.strip() for line in f if line.strip()]
+  paths = []
+  for folder, rows in [('a', lines[:40]), ('b', lines[-30:])]:
+    (tmp_path / folder).mkdir()
+    paths.append(write_list(tmp_path / folder / 'val_20.txt', rows))
+  first, second = (evaluate.evaluate_checkpoint(workdir, 'latest', list_path=p) for p in paths)
+  assert first['output'] != second['output']
+  for result, size in [(first, 40), (second, 30)]:
+    assert re.fullmatch(r'eval_val_20_[0-9a-f]{6}_step10\.json', os.path.basename(result['output']))
+    with open(result['output']) as f:
+      written = json.load(f)
+    assert written['list'] == result['list'] and written['metrics']['num_gallery'] == size
+
+  # The same list gives the same name (relative or absolute), another image root another one.
+  again = evaluate.evaluate_checkpoint(workdir, 'latest',
+                                       list_path=os.path.relpath(paths[0]))
+  assert again['output'] == first['output']
+  (tmp_path / 'root').symlink_to(first['image_root'])
+  other_root = evaluate.evaluate_checkpoint(workdir, 'latest', list_path=paths[0],
+                                            image_root=str(tmp_path / 'root'))
+  assert other_root['output'] not in (first['output'], second['output'])
+  assert other_root['metrics'] == first['metrics']

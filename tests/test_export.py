@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import onnx
 import pytest
+from PIL import Image
 
 import evaluate
 import export
@@ -169,6 +171,34 @@ def test_raw_export_returns_unnormalized_embedding(workdir, tmp_path):
   assert json.loads((tmp_path / 'raw.json').read_text())['normalized'] is False
 
 
+def test_readme_tracker_snippet_matches_embedder(workdir, exported, monkeypatch):
+  cv2 = pytest.importorskip('cv2')  # optional: not in requirements.txt
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    snippet = re.search(r'Using it from tracker code.*?```python\n(.*?)```', f.read(), re.S)[1]
+  path, _ = exported
+  monkeypatch.chdir(os.path.dirname(path))  # the snippet opens reid.onnx and reid.json
+  namespace = {}
+  exec(snippet, namespace)
+
+  # Val crops of many sizes as BGR frames, each with a box over all of it and one inside it.
+  config = evaluate.load_config(workdir)
+  data = input_pipeline.read_filelist(os.path.join(config.data.root, config.data.val_list),
+                                      os.path.join(config.data.root, config.data.image_dir))
+  frames, boxes, crops = [], [], []
+  for name in data.paths[::10]:
+    with Image.open(os.path.join(data.image_root, name)) as image:
+      rgb = np.asarray(image.convert('RGB'))
+    h, w = rgb.shape[:2]
+    frames.append(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    boxes.append(np.array([[0, 0, w, h], [w // 4, h // 5, w, h - h // 5]]))
+    crops += [rgb, rgb[h // 5:h - h // 5, w // 4:]]
+  assert len({c.shape for c in crops}) > 10
+  features = np.concatenate([namespace['embed'](f, b) for f, b in zip(frames, boxes, strict=True)])
+  expected = evaluate.Embedder.from_workdir(workdir, 'best')(crops)
+  # The uint8 cv2 resize (one level off on ~12% of pixels) differs by ~1e-2 here.
+  assert np.abs(features - expected).max() <= 1e-5
+
+
 # ---- Safety and errors ----
 
 
@@ -215,3 +245,26 @@ def test_cli_missing_workdir_is_one_line_error(tmp_path):
   assert result.stderr.strip().splitlines()[-1] == f'error: {missing}: no such workdir'
   assert 'Traceback' not in result.stderr
   assert os.listdir(tmp_path) == []
+
+
+def test_cli_os_errors_are_one_line_and_write_nothing(workdir, tmp_path):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+
+  def run(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'export.py'), f'--workdir={workdir}',
+                           *args], cwd=ROOT, env=env, capture_output=True, text=True)
+
+  (tmp_path / 'file').write_text('user data')
+  (tmp_path / 'folder.onnx').mkdir()
+  for args, expected in [
+      ([f'--output={tmp_path / "file" / "reid.onnx"}'], 'cannot create folder'),
+      ([f'--output={tmp_path / "folder.onnx"}', '--overwrite'], 'Is a directory'),
+  ]:
+    result = run(*args)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: ') and expected in last, result.stderr
+    assert 'Traceback' not in result.stderr
+  assert sorted(os.listdir(tmp_path)) == ['file', 'folder.onnx']
+  assert (tmp_path / 'file').read_text() == 'user data'
+  assert os.listdir(tmp_path / 'folder.onnx') == []
