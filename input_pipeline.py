@@ -360,12 +360,9 @@ def _augment_image(image: tf.Tensor, params: dict[str, tf.Tensor], augment: Augm
   return image
 
 
-def _options(threads: int | None) -> tf.data.Options:
+def _options() -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
-  if threads:
-    options.threading.private_threadpool_size = threads
-    options.threading.max_intra_op_parallelism = 1
   return options
 
 
@@ -374,15 +371,14 @@ def _options(threads: int | None) -> tf.data.Options:
 
 def train_batches(data: FileList, *, p: int, k: int, image_size: tuple[int, int],
                   augment: Augment, seed: int, start_step: int = 0, process_index: int = 0,
-                  process_count: int = 1, num_classes: int | None = None,
-                  threads: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+                  process_count: int = 1,
+                  num_classes: int | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Infinite stream of this process's share of global P×K batches start_step, start_step+1, ...
 
   Yields {'image': uint8 [P/process_count*K, H, W, 3] RGB, 'label': int32 contiguous class ids}.
   Process i gets identities [i*P/pc, (i+1)*P/pc) of each global batch (see `pk_indices` for how
   batches are drawn). Indices and augmentations depend only on (seed, step, row in the global
   batch), so a run resumed at start_step=s sees exactly the pixels an uninterrupted run sees.
-  `threads` pins tf.data to a private pool of that many threads (None: TF's default).
   """
   ids, num_ids = class_ids(data.labels, num_classes, source=data.source)
   if k < 1 or p < 1:
@@ -424,7 +420,7 @@ def train_batches(data: FileList, *, p: int, k: int, image_size: tuple[int, int]
   ds = ds.map(plan_step).prefetch(2).unbatch()
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return ds.with_options(_options(threads)).as_numpy_iterator()
+  return ds.with_options(_options()).as_numpy_iterator()
 
 
 # ---- Evaluation stream ----
@@ -436,8 +432,8 @@ def num_eval_batches(num_images: int, batch_size: int) -> int:
 
 
 def eval_batches(data: FileList, *, batch_size: int, image_size: tuple[int, int],
-                 process_index: int = 0, process_count: int = 1,
-                 threads: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+                 process_index: int = 0,
+                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
   """Every image exactly once in file order, in fixed-size global batches (last one padded).
 
   Yields {'image': uint8 [B/pc, H, W, 3], 'label': int32 raw label, 'index': int32 filelist row,
@@ -469,7 +465,7 @@ def eval_batches(data: FileList, *, batch_size: int, image_size: tuple[int, int]
 
   ds = tf.data.Dataset.from_tensor_slices(rows)
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE).with_options(_options(threads))
+  ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE).with_options(_options())
   return ds.as_numpy_iterator()
 
 

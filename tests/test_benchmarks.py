@@ -214,3 +214,18 @@ def test_torch_step_and_comparison_table(jax_run):
   assert jax_rate == pytest.approx(jax_row['images_per_s_per_device'], rel=0.02)
   assert torch_rate == pytest.approx(row['images_per_s'], rel=0.02)
   assert ratio == pytest.approx(jax_rate / torch_rate, rel=0.05)
+
+
+# ---- benchmarks/input_pipeline.py ----
+
+
+def test_input_pipeline_benchmark_pins_processes_and_reports_both_loaders(synthetic_reid):
+  result = run_script('input_pipeline', f'--data_root={synthetic_reid}', '--p=4', '--k=2',
+                      '--steps=2', '--runs=1', '--warmup=1', '--cores=1', '--breakdown')
+  rows = table_rows(result.stdout)
+  loaders = [r[0] for r in rows[:2]]
+  assert loaders == ['tf.data (1 core)', 'PIL + NumPy (1 core)'], result.stdout
+  assert float(rows[1][5].rstrip('x')) == 1.0 and float(rows[0][2]) > 0
+  stages = table_rows(result.stdout.split('Microseconds per image')[1])
+  assert [s[0] for s in stages][:3] == ['read the file', '+ decode (RGB)', '+ resize to 256x128']
+  assert all(float(s[1]) > 0 and float(s[2]) > 0 for s in stages)
