@@ -158,16 +158,20 @@ def test_all_vs_all_matches_numpy_reference():
   assert 0.05 < ref["mAP"] < 0.95  # the data is neither trivial nor hopeless
 
 
+def _frame_gap_ignore(labels, sequences, frames, gap):
+  """The reference's ignore rule: self, and same-identity items within ±gap frames in a sequence."""
+  def ignore(q):
+    near = ((labels == labels[q]) & (sequences == sequences[q])
+            & (np.abs(frames - frames[q]) <= gap))
+    return np.flatnonzero(near | (np.arange(len(labels)) == q))
+  return ignore
+
+
 def test_frame_gap_matches_numpy_reference():
   rng, x, labels = _random_items(1)
   frames, sequences = rng.integers(0, 40, len(x)), rng.choice(["S1", "S2"], len(x))
 
-  def ignore(q):
-    near = ((labels == labels[q]) & (sequences == sequences[q])
-            & (np.abs(frames - frames[q]) <= 3))
-    return np.flatnonzero(near | (np.arange(len(x)) == q))
-
-  ref = _numpy_reference(x, labels, x, labels, ignore)
+  ref = _numpy_reference(x, labels, x, labels, _frame_gap_ignore(labels, sequences, frames, 3))
   _assert_close(evaluate.reid_metrics(x, labels, frames=frames, sequences=sequences,
                                       frame_gap=3), ref)
 
@@ -260,12 +264,7 @@ def test_large_identities_take_the_search_path_and_match_numpy_reference(monkeyp
   monkeypatch.setattr(evaluate, "_search_chunk_stats",
                       lambda *a, **k: calls.append(k["chunk"]) or search(*a, **k))
 
-  def ignore(q):
-    near = ((labels == labels[q]) & (sequences == sequences[q])
-            & (np.abs(frames - frames[q]) <= 5))
-    return np.flatnonzero(near | (np.arange(len(x)) == q))
-
-  ref = _numpy_reference(x, labels, x, labels, ignore)
+  ref = _numpy_reference(x, labels, x, labels, _frame_gap_ignore(labels, sequences, frames, 5))
   _assert_close(evaluate.reid_metrics(x, labels, frames=frames, sequences=sequences,
                                       frame_gap=5), ref)
   assert calls and 0.05 < ref["mAP"] < 0.95
