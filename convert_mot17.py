@@ -1,14 +1,22 @@
-r"""Converts a MOT17-style tracking dataset into a person ReID dataset (MMDetection's layout).
+r"""Converts a MOTChallenge-format tracking dataset into a person ReID dataset (MMDetection's).
 
   python convert_mot17.py --input_dir=data/MOT17 --output_dir=data/MOT17/reid
+  python convert_mot17.py --input_dir=data/dancetrack --splits=train,val
 
-Reads `<input_dir>/train/<SEQ>/{seqinfo.ini, gt/gt.txt, <imDir>/<frame:06d><imExt>}` and writes
+Reads MOT16, MOT17, MOT20, DanceTrack, SportsMOT or anything else in the MOTChallenge layout:
+`<input_dir>/<split>/<SEQ>/{seqinfo.ini, gt/gt.txt, <imDir>/<frame><imExt>}` for every split folder
+named by --splits (default `train`), and writes
 
   <output_dir>/imgs/<SEQ>_<id:06d>/<frame:06d>.jpg   one crop per kept gt row
   <output_dir>/meta/train_80.txt, meta/val_20.txt    lines `<SEQ>_<id:06d>/<frame:06d>.jpg <label>`
   <output_dir>/meta/train.txt                        both splits, val labels after train labels
 
 Rules (MMDetection's `mot2reid.py`, minus its bugs):
+- Frame images are found by number: every `<digits><imExt>` file in the image folder, whatever the
+  width (MOT: 000001.jpg, DanceTrack: 00000001.jpg). Two names for one frame are an error. The
+  image itself, not seqinfo.ini, gives the frame size; a seqinfo.ini that disagrees is warned about
+  once per sequence (DanceTrack issue #31: val/dancetrack0041's seqinfo.ini says 1440 wide, its
+  frames are 1920).
 - A gt row is kept if class == 1, consider flag != 0, visibility >= --vis_threshold and the box
   has at least one pixel inside the image. MMDetection ignores the consider flag; we do not.
   10-column MOT15 rows end in world x, y, z, not class/visibility: they always count as class 1,
@@ -16,15 +24,17 @@ Rules (MMDetection's `mot2reid.py`, minus its bugs):
 - Crop = pixels [round(left), round(left + width)) x [round(top), round(top + height)) clipped to
   the image, rounding half up; an integer 30x40 box inside the image gives a 30x40 crop
   (MMDetection's inclusive crop gives 31x41). Boxes with no pixel inside are skipped and counted.
-- Identity = (sequence, track id). A sequence that exists in several detector variants (`-DPM`,
-  `-FRCNN`, `-SDP`, same images and gt) is converted once: FRCNN when present, else the first sorted
-  name. This is decided from sequence names, not from the input path (MMDetection tests whether the
-  path contains 'MOT17', so `data/mot17` triples every identity).
-- Split by identity as MMDetection: the N identities with at least one kept crop, sorted by
-  folder name; the first floor(N * (1 - val_split)) go to train, the rest to val. N is counted
-  before the --min_per_person filter, so that filter can move the splits slightly off the requested
-  ratio. Unlike MMDetection's float int(), the floor is exact for the decimal given (0.3 with
-  N = 180 gives 126 train identities, not 125). An empty train split is an error.
+- Identity = (sequence, track id). Sequence names must be unique over the splits read. A sequence
+  that exists in several detector variants (`-DPM`, `-FRCNN`, `-SDP`, same images and gt) is
+  converted once: FRCNN when present, else the first sorted name. This is decided from sequence
+  names, not from the input path (MMDetection tests whether the path contains 'MOT17', so
+  `data/mot17` triples every identity). Names without such a suffix (MOT20, DanceTrack) are
+  each their own sequence.
+- Split by identity as MMDetection: the N identities with at least one kept crop over all the
+  splits read, sorted by folder name; the first floor(N * (1 - val_split)) go to train, the rest to
+  val. N is counted before the --min_per_person filter, so that filter can move the splits slightly
+  off the requested ratio. Unlike MMDetection's float int(), the floor is exact for the decimal
+  given (0.3 with N = 180 gives 126 train identities, not 125). An empty train split is an error.
 - Identities with fewer than --min_per_person crops are dropped; those with more than
   --max_per_person are subsampled with a numpy Generator seeded from (--seed, identity name).
   Labels are 0..K-1 per split in sorted folder order; lines are sorted by folder, then frame.
@@ -42,7 +52,8 @@ directory is only replaced with --overwrite, and only if it looks like a previou
 A symlinked output directory is followed: the dataset is built next to its target. Ctrl-C and
 SIGTERM remove the temporary directory; folders left by a killed run are named in a warning.
 The same input and flags give byte-identical output with any --num_workers (and on any machine with
-the same Pillow and NumPy versions).
+the same Pillow and NumPy versions). `prepare_output`, `publish` and `one_line_errors` are the
+output-safety and error-reporting rules; convert_market1501.py uses them too.
 """
 
 import contextlib
@@ -56,7 +67,7 @@ import shutil
 import signal
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -69,6 +80,7 @@ from tqdm import tqdm
 # ---- Constants ----
 
 PEDESTRIAN = 1
+DEFAULT_SPLITS = ("train",)
 VARIANT_SUFFIX = re.compile(r"-(DPM|FRCNN|SDP)$")
 PREFERRED_VARIANT = "FRCNN"
 SEQINFO_INT_KEYS = ("seqLength", "imWidth", "imHeight")
@@ -135,6 +147,32 @@ def read_seqinfo(path: str) -> SeqInfo:
   return SeqInfo(name=fields["name"], im_dir=fields["imDir"], im_ext=fields["imExt"],
                  seq_length=fields["seqLength"], width=fields["imWidth"],
                  height=fields["imHeight"])
+
+
+def frame_files(image_dir: str, im_ext: str, seqinfo_path: str) -> tuple[dict[int, str], int]:
+  """Frame number -> file name of every `<digits><imExt>` file, and the narrowest name width.
+
+  The width comes from the data: MOT names frames 000001.jpg, DanceTrack 00000001.jpg.
+  """
+  try:
+    names = os.listdir(image_dir)
+  except FileNotFoundError:
+    raise DataError(f"{image_dir}: missing image folder (imDir in {seqinfo_path})") from None
+  except NotADirectoryError:
+    raise DataError(f"{image_dir}: not a folder (imDir in {seqinfo_path})") from None
+  frames: dict[int, str] = {}
+  for name in sorted(names):
+    stem = name[:-len(im_ext)]
+    if not name.endswith(im_ext) or not stem.isascii() or not stem.isdigit():
+      continue
+    frame = int(stem)
+    if frame in frames:
+      raise DataError(f"{image_dir}: frame {frame} has two images, {frames[frame]} and {name}")
+    frames[frame] = name
+  if not frames:
+    raise DataError(f"{image_dir}: no frame images named <number>{im_ext} (imExt in "
+                    f"{seqinfo_path})")
+  return frames, min(len(n) - len(im_ext) for n in frames.values())
 
 
 @dataclass(frozen=True)
@@ -301,36 +339,48 @@ def split_names(val_split: float) -> tuple[str, str]:
   return f"train_{_percent_text(100 - val_pct)}.txt", f"val_{_percent_text(val_pct)}.txt"
 
 
-def _check_image(path: str, info: SeqInfo, gt_where: str) -> None:
-  """Checks a frame exists and has seqinfo's size (reads only the header)."""
+def _image_size(path: str, gt_where: str) -> tuple[int, int]:
+  """A frame's (width, height), reading only the header."""
   try:
     with Image.open(path) as im:
-      size = im.size
+      return im.size
   except FileNotFoundError:
     raise DataError(f"{path}: missing image (referenced by {gt_where})") from None
   except OSError as e:
     raise DataError(f"{path}: unreadable image ({e})") from None
-  if size != (info.width, info.height):
-    raise DataError(f"{path}: image is {size[0]}x{size[1]} but seqinfo.ini says "
-                    f"{info.width}x{info.height}")
 
 
-def plan_conversion(train_dir: str, *, val_split: float, vis_threshold: float, min_per_person: int,
-                    max_per_person: int, seed: int) -> Plan:
+def list_sequences(input_dir: str, splits: Sequence[str]) -> dict[str, str]:
+  """Sequence name -> its folder, over the split folders; a name in two splits is an error."""
+  where: dict[str, str] = {}
+  for split in splits:
+    split_dir = os.path.join(input_dir, split)
+    if not os.path.isdir(split_dir):
+      raise DataError(f"{split_dir}: no such directory (expected <input_dir>/{split}/<sequence>/)")
+    names = sorted(n for n in os.listdir(split_dir)
+                   if not n.startswith(".") and os.path.isdir(os.path.join(split_dir, n)))
+    if not names:
+      raise DataError(f"{split_dir}: no sequence directories")
+    for name in names:
+      seq_dir = os.path.join(split_dir, name)
+      if name in where:
+        raise DataError(f"{seq_dir}: sequence also in {where[name]}; identity folders "
+                        f"<SEQ>_<id> would collide")
+      where[name] = seq_dir
+  return where
+
+
+def plan_conversion(input_dir: str, *, val_split: float, vis_threshold: float, min_per_person: int,
+                    max_per_person: int, seed: int, splits: Sequence[str] = DEFAULT_SPLITS) -> Plan:
   """Reads and validates every input file and decides every output byte except the JPEGs."""
-  if not os.path.isdir(train_dir):
-    raise DataError(f"{train_dir}: no such directory (expected <input_dir>/train/<sequence>/...)")
-  names = sorted(n for n in os.listdir(train_dir)
-                 if not n.startswith(".") and os.path.isdir(os.path.join(train_dir, n)))
-  if not names:
-    raise DataError(f"{train_dir}: no sequence directories")
-  kept, duplicates = pick_variants(names)
+  seq_dirs = list_sequences(input_dir, splits)
+  kept, duplicates = pick_variants(list(seq_dirs))
   dropped = dict.fromkeys(DROP_REASONS, 0)
   dropped["duplicate_variant"] = sum(
-      _count_rows(os.path.join(train_dir, n, "gt", "gt.txt")) for n in duplicates)
+      _count_rows(os.path.join(seq_dirs[n], "gt", "gt.txt")) for n in duplicates)
   kept_by_base = {variant_base(n): n for n in kept}
   for name in duplicates:
-    gt_dup, gt_kept = (os.path.join(train_dir, n, "gt", "gt.txt")
+    gt_dup, gt_kept = (os.path.join(seq_dirs[n], "gt", "gt.txt")
                        for n in (name, kept_by_base[variant_base(name)]))
     if (os.path.isfile(gt_dup) and os.path.isfile(gt_kept)
         and not filecmp.cmp(gt_dup, gt_kept, shallow=False)):
@@ -338,13 +388,16 @@ def plan_conversion(train_dir: str, *, val_split: float, vis_threshold: float, m
 
   identities: dict[str, list[Crop]] = {}
   for seq in kept:
-    seq_dir = os.path.join(train_dir, seq)
+    seq_dir = seq_dirs[seq]
     info_path = os.path.join(seq_dir, "seqinfo.ini")
     info = read_seqinfo(info_path)
     if info.name != seq:
       raise DataError(f"{info_path}: name={info.name} does not match the folder name {seq}")
     gt_path = os.path.join(seq_dir, "gt", "gt.txt")
-    checked_frames: set[int] = set()
+    image_dir = os.path.join(seq_dir, info.im_dir)
+    frames: dict[int, str] | None = None  # Listed on the first kept row: gt is validated first.
+    sizes: dict[int, tuple[int, int]] = {}
+    size_warned = False
     for row in read_gt(gt_path, info.seq_length):
       if row.cls != PEDESTRIAN:
         dropped["class"] += 1
@@ -355,11 +408,17 @@ def plan_conversion(train_dir: str, *, val_split: float, vis_threshold: float, m
       if row.visibility < vis_threshold:
         dropped["visibility"] += 1
         continue
-      image = os.path.join(seq_dir, info.im_dir, f"{row.frame:06d}{info.im_ext}")
-      if row.frame not in checked_frames:
-        _check_image(image, info, f"{gt_path}:{row.line}")
-        checked_frames.add(row.frame)
-      box = crop_box(row, info.width, info.height)
+      if frames is None:
+        frames, width = frame_files(image_dir, info.im_ext, info_path)
+      image = os.path.join(image_dir,
+                           frames.get(row.frame, f"{row.frame:0{width}d}{info.im_ext}"))
+      if row.frame not in sizes:
+        sizes[row.frame] = _image_size(image, f"{gt_path}:{row.line}")
+        if sizes[row.frame] != (info.width, info.height) and not size_warned:
+          size_warned = True
+          logging.warning("%s: image is %dx%d but %s says %dx%d; cropping to the image",
+                          image, *sizes[row.frame], info_path, info.width, info.height)
+      box = crop_box(row, *sizes[row.frame])
       if box is None:
         dropped["outside_image"] += 1
         continue
@@ -367,6 +426,7 @@ def plan_conversion(train_dir: str, *, val_split: float, vis_threshold: float, m
       identities.setdefault(identity, []).append(
           Crop(image, box, f"{identity}/{row.frame:06d}.jpg", row.frame))
 
+  where = ", ".join(os.path.join(input_dir, split) for split in splits)
   # Split as MMDetection: count N before the min-per-person filter, then floor (exactly).
   folders = sorted(identities)
   num_train = num_train_identities(len(folders), val_split)
@@ -391,14 +451,15 @@ def plan_conversion(train_dir: str, *, val_split: float, vis_threshold: float, m
   num_train_ids = len({p.split("/")[0] for p, _ in plan.train})
   num_val_ids = len({p.split("/")[0] for p, _ in plan.val})
   if num_train_ids + num_val_ids == 0:
-    raise DataError(f"{train_dir}: no identities left after filtering ({len(folders)} before "
+    raise DataError(f"{where}: no identities left after filtering ({len(folders)} before "
                     f"--min_per_person={min_per_person}); rows dropped: {dropped}")
   if num_train_ids == 0:
     why = (f"--min_per_person={min_per_person} drops all {num_train} train identities"
            if num_train else f"--val_split={val_split} puts all {len(folders)} identities in val")
-    raise DataError(f"{train_dir}: the train split is empty: {why}; lower --val_split or "
+    raise DataError(f"{where}: the train split is empty: {why}; lower --val_split or "
                     f"--min_per_person")
   plan.summary = {
+      "splits": list(splits),
       "sequences": kept,
       "duplicate_variant_sequences": duplicates,
       "identities_before_min_per_person": len(folders),
@@ -523,13 +584,14 @@ def _warn_stale(output_dir: str) -> None:
                       os.path.join(parent, entry))
 
 
-def _check_output(input_dir: str, output_dir: str, overwrite: bool) -> None:
-  """Refuses outputs that would lose data: the input, or existing data without --overwrite."""
-  train_real = os.path.realpath(os.path.join(input_dir, "train"))
+def _check_output(inputs: Sequence[str], output_dir: str, overwrite: bool) -> None:
+  """Refuses outputs that would lose data: an input folder, or existing data without --overwrite."""
   out_real = os.path.realpath(output_dir)
-  if os.path.commonpath([out_real, train_real]) in (out_real, train_real):
-    raise DataError(f"{output_dir}: output directory must not be, contain or lie inside the "
-                    f"input's {train_real}")
+  for folder in inputs:
+    in_real = os.path.realpath(folder)
+    if os.path.commonpath([out_real, in_real]) in (out_real, in_real):
+      raise DataError(f"{output_dir}: output directory must not be, contain or lie inside the "
+                      f"input's {in_real}")
   if not os.path.lexists(output_dir):
     return
   if not os.path.isdir(output_dir):
@@ -561,14 +623,56 @@ def _replace_dir(new_dir: str, output_dir: str) -> None:
   shutil.rmtree(old_dir)
 
 
+def prepare_output(output_dir: str, inputs: Sequence[str], overwrite: bool) -> str:
+  """Checks that writing `output_dir` (absolute) loses nothing; returns the directory to build.
+
+  `inputs` are the folders the conversion reads: the output may not be, hold or lie in one.
+  """
+  target = _resolve_output(output_dir)
+  _check_output(inputs, target, overwrite)
+  _warn_stale(target)
+  return target
+
+
+def publish(target: str, write: Callable[[str], None]) -> None:
+  """Runs `write(tmp)` on a hidden empty folder next to `target`, then renames it into place.
+
+  Any failure or interrupt removes the folder and leaves an existing `target` as it was.
+  """
+  parent, name = os.path.split(target)
+  os.makedirs(parent, exist_ok=True)
+  # Same parent as the output, so the final rename is atomic and never copies across filesystems.
+  tmp_dir = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+  os.mkdir(tmp_dir)
+  try:
+    write(tmp_dir)
+    if os.path.isdir(target) and not os.listdir(target):
+      os.rmdir(target)
+    _replace_dir(tmp_dir, target)
+  except BaseException:
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    raise
+
+
 # ---- Public API ----
+
+
+def _check_splits(splits: Sequence[str]) -> list[str]:
+  """The --splits names: plain folder names, each once."""
+  names = [s.strip() for s in splits]
+  if not names or any(not n or n in (".", "..") or "/" in n or os.sep in n for n in names):
+    raise DataError(f"--splits must name split folders of the input (like train,val), got "
+                    f"{','.join(splits)!r}")
+  if len(set(names)) != len(names):
+    raise DataError(f"--splits names a folder twice: {','.join(splits)}")
+  return names
 
 
 def convert(input_dir: str, output_dir: str | None = None, *, val_split: float = 0.2,
             vis_threshold: float = 0.3, min_per_person: int = 8, max_per_person: int = 1000,
             seed: int = 0, num_workers: int | None = None, overwrite: bool = False,
-            jpeg_quality: int = 95) -> dict[str, Any]:
-  """Converts `<input_dir>/train` into a ReID dataset at `output_dir`; returns the summary."""
+            jpeg_quality: int = 95, splits: Sequence[str] = DEFAULT_SPLITS) -> dict[str, Any]:
+  """Converts the `<input_dir>/<split>` folders into a ReID dataset at `output_dir`; a summary."""
   if not 0 < val_split < 1:
     raise DataError(f"--val_split must be in (0, 1), got {val_split}")
   split_names(val_split)  # Refuses a val_split the list names cannot express, before any work.
@@ -587,27 +691,13 @@ def convert(input_dir: str, output_dir: str | None = None, *, val_split: float =
   if output_dir is None:
     output_dir = os.path.join(input_dir, "reid")
   output_dir = os.path.abspath(output_dir)
-  target = _resolve_output(output_dir)
-  _check_output(input_dir, target, overwrite)
-  _warn_stale(target)
-
-  plan = plan_conversion(os.path.join(input_dir, "train"), val_split=val_split,
-                         vis_threshold=vis_threshold, min_per_person=min_per_person,
-                         max_per_person=max_per_person, seed=seed)
-  parent, name = os.path.split(target)
-  os.makedirs(parent, exist_ok=True)
-  # Same parent as the output, so the final rename is atomic and never copies across filesystems.
-  tmp_dir = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-  os.mkdir(tmp_dir)
-  try:
-    write_dataset(plan, tmp_dir, val_split=val_split, jpeg_quality=jpeg_quality,
-                  num_workers=num_workers)
-    if os.path.isdir(target) and not os.listdir(target):
-      os.rmdir(target)
-    _replace_dir(tmp_dir, target)
-  except BaseException:
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    raise
+  splits = _check_splits(splits)
+  target = prepare_output(output_dir, [os.path.join(input_dir, s) for s in splits], overwrite)
+  plan = plan_conversion(input_dir, val_split=val_split, vis_threshold=vis_threshold,
+                         min_per_person=min_per_person, max_per_person=max_per_person, seed=seed,
+                         splits=splits)
+  publish(target, functools.partial(write_dataset, plan, val_split=val_split,
+                                    jpeg_quality=jpeg_quality, num_workers=num_workers))
   if plan.summary["val_identities"] == 0:
     logging.warning("the val split is empty; lower --min_per_person or raise --val_split")
   train_list, val_list = split_names(val_split)
@@ -621,7 +711,10 @@ def define_flags() -> None:
   """Declares the command-line flags."""
   # Called only when run as a script: other modules' CLIs use the same flag names (--output_dir,
   # --seed, ...) and absl rejects a name declared twice, so importing this module declares none.
-  flags.DEFINE_string("input_dir", None, "MOT root containing train/<sequence>/.", required=True)
+  flags.DEFINE_string("input_dir", None, "MOTChallenge-format root containing <split>/<sequence>/.",
+                      required=True)
+  flags.DEFINE_list("splits", list(DEFAULT_SPLITS),
+                    "Split folders of --input_dir to read (DanceTrack, SportsMOT: train,val).")
   flags.DEFINE_string("output_dir", None, "ReID dataset to write (default: <input_dir>/reid).")
   flags.DEFINE_float("val_split", 0.2, "Fraction of identities (sorted, last ones) for validation.")
   flags.DEFINE_float("vis_threshold", 0.3, "Keep gt rows with visibility >= this.")
@@ -637,7 +730,7 @@ def format_summary(summary: dict[str, Any]) -> str:
   """A few readable lines for the log."""
   dropped = ", ".join(f"{k}={v}" for k, v in summary["dropped_rows"].items())
   return (f"wrote {summary['output_dir']}\n"
-          f"  sequences: {len(summary['sequences'])} "
+          f"  sequences: {len(summary['sequences'])} from {', '.join(summary['splits'])} "
           f"(skipped duplicate variants: {len(summary['duplicate_variant_sequences'])})\n"
           f"  train: {summary['train_identities']} identities, {summary['train_images']} images "
           f"({summary['train_list']})\n"
@@ -663,19 +756,12 @@ def _os_error_text(e: OSError, output_dir: str) -> str:
   return f"{path}: {e.strerror or e}"
 
 
-def main(argv: list[str]) -> None:
-  """Runs the conversion from flags; user errors, I/O errors and interrupts exit with one line."""
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  FLAGS = flags.FLAGS
-  output_dir = FLAGS.output_dir or os.path.join(FLAGS.input_dir, "reid")
+@contextlib.contextmanager
+def one_line_errors(output_dir: str) -> Iterator[None]:
+  """Turns DataError, OSError, Ctrl-C and SIGTERM into one `error: ...` line and exit status 1."""
   signal.signal(signal.SIGTERM, _raise_terminated)
   try:
-    summary = convert(FLAGS.input_dir, FLAGS.output_dir, val_split=FLAGS.val_split,
-                      vis_threshold=FLAGS.vis_threshold, min_per_person=FLAGS.min_per_person,
-                      max_per_person=FLAGS.max_per_person, seed=FLAGS.seed,
-                      num_workers=FLAGS.num_workers, overwrite=FLAGS.overwrite,
-                      jpeg_quality=FLAGS.jpeg_quality)
+    yield
   except DataError as e:
     sys.exit(f"error: {e}")
   except OSError as e:
@@ -684,6 +770,20 @@ def main(argv: list[str]) -> None:
     sys.exit(f"error: interrupted; {output_dir} unchanged")
   except Terminated:
     sys.exit(f"error: terminated; {output_dir} unchanged")
+
+
+def main(argv: list[str]) -> None:
+  """Runs the conversion from flags; user errors, I/O errors and interrupts exit with one line."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  FLAGS = flags.FLAGS
+  output_dir = FLAGS.output_dir or os.path.join(FLAGS.input_dir, "reid")
+  with one_line_errors(output_dir):
+    summary = convert(FLAGS.input_dir, FLAGS.output_dir, val_split=FLAGS.val_split,
+                      vis_threshold=FLAGS.vis_threshold, min_per_person=FLAGS.min_per_person,
+                      max_per_person=FLAGS.max_per_person, seed=FLAGS.seed,
+                      num_workers=FLAGS.num_workers, overwrite=FLAGS.overwrite,
+                      jpeg_quality=FLAGS.jpeg_quality, splits=FLAGS.splits)
   logging.info("%s", format_summary(summary))
 
 

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import convert_mot17
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 W, H = 50, 30  # Frame size of the fixtures.
-LINE = re.compile(r"^[A-Za-z0-9-]+_\d{6}/\d{6}\.jpg \d+\n$")
+LINE = re.compile(r"^[A-Za-z0-9_-]+_\d{6}/\d{6}\.jpg \d+\n$")
 
 # ---- Fixture helpers ----
 
@@ -27,20 +28,26 @@ def frame_pixels(frame: int) -> np.ndarray:
   return np.stack([grey] * 3, axis=-1)
 
 
-def write_seq(train_dir, name, rows, *, num_frames=10, ext=".png", seqinfo=None):
-  """Writes one sequence: seqinfo.ini, img1/<frame>.png (lossless), gt/gt.txt from `rows`."""
+def write_seq(train_dir, name, rows, *, num_frames=10, ext=".png", seqinfo=None, digits=6,
+              sep=","):
+  """Writes one sequence: seqinfo.ini, img1/<frame>.png (lossless), gt/gt.txt from `rows`.
+
+  `digits` is the frame-name width (DanceTrack: 8; 0: unpadded), `sep` the gt column separator
+  (SportsMOT writes ", ").
+  """
   seq_dir = os.path.join(train_dir, name)
   os.makedirs(os.path.join(seq_dir, "img1"))
   os.makedirs(os.path.join(seq_dir, "gt"))
   for frame in range(1, num_frames + 1):
-    Image.fromarray(frame_pixels(frame)).save(os.path.join(seq_dir, "img1", f"{frame:06d}{ext}"))
+    Image.fromarray(frame_pixels(frame)).save(
+        os.path.join(seq_dir, "img1", f"{frame:0{digits}d}{ext}"), quality=100)
   if seqinfo is None:
     seqinfo = (f"[Sequence]\nname={name}\nimDir=img1\nframeRate=30\nseqLength={num_frames}\n"
                f"imWidth={W}\nimHeight={H}\nimExt={ext}\n")
   with open(os.path.join(seq_dir, "seqinfo.ini"), "w") as f:
     f.write(seqinfo)
   with open(os.path.join(seq_dir, "gt", "gt.txt"), "w") as f:
-    f.writelines(",".join(str(v) for v in row) + "\n" for row in rows)
+    f.writelines(sep.join(str(v) for v in row) + "\n" for row in rows)
   return seq_dir
 
 
@@ -278,6 +285,162 @@ def test_detector_variants_deduplicated_by_name(tmp_path, variants, kept):
                      "MOT17-13-SDP_000001", "MOT17-13-SDP_000002"]
   assert summary["sequences"] == [f"MOT17-02-{kept}", "MOT17-13-SDP"]
   assert summary["dropped_rows"]["duplicate_variant"] == 20 * (len(variants) - 1)
+
+
+# ---- The MOTChallenge family: MOT20, DanceTrack, SportsMOT ----
+
+
+def folders_and_frames(listed):
+  """{identity folder: [frame, ...]} of list entries, in list order."""
+  out = {}
+  for path, _ in listed:
+    folder, name = path.split("/")
+    out.setdefault(folder, []).append(int(name[:-4]))
+  return out
+
+
+def test_mot20_style_has_no_detector_variants(tmp_path):
+  # MOT20 (and MOT16) names carry no -DPM/-FRCNN/-SDP suffix: every sequence is its own.
+  for seq, ids in (("MOT20-01", (1, 2)), ("MOT20-02", (1, 3)), ("MOT20-03", (4,)),
+                   ("MOT20-05", (1, 2))):
+    write_seq(tmp_path / "MOT20" / "train", seq,
+              [row for tid in ids for row in track(tid, range(1, 9))])
+  summary = convert_mot17.convert(str(tmp_path / "MOT20"), val_split=0.2, num_workers=1)
+  assert summary["sequences"] == ["MOT20-01", "MOT20-02", "MOT20-03", "MOT20-05"]
+  assert summary["duplicate_variant_sequences"] == []
+  assert summary["dropped_rows"]["duplicate_variant"] == 0
+  meta = tmp_path / "MOT20" / "reid" / "meta"
+  train = folders_and_frames(read_list(meta / "train_80.txt"))
+  val = folders_and_frames(read_list(meta / "val_20.txt"))
+  # 7 identities: floor(7 * 0.8) = 5 to train, the last 2 sorted folders to val.
+  assert list(train) == ["MOT20-01_000001", "MOT20-01_000002", "MOT20-02_000001",
+                         "MOT20-02_000003", "MOT20-03_000004"]
+  assert list(val) == ["MOT20-05_000001", "MOT20-05_000002"]
+  assert all(frames == list(range(1, 9)) for frames in {**train, **val}.values())
+
+
+def dancetrack_seqinfo(name, num_frames=10, width=W):
+  """seqinfo.ini as DanceTrack writes it (20 fps, 8-digit .jpg frames)."""
+  return (f"[Sequence]\nname={name}\nimDir=img1\nframeRate=20\nseqLength={num_frames}\n"
+          f"imWidth={width}\nimHeight={H}\nimExt=.jpg\n")
+
+
+@pytest.fixture
+def dancetrack(tmp_path):
+  """DanceTrack layout: train/ and val/ with gt, 8-digit .jpg names, gt rows ending 1,1,1."""
+  root = tmp_path / "dancetrack"
+  for split, seq, ids in (("train", "dancetrack0001", (1, 2, 3)), ("train", "dancetrack0002", (1,)),
+                          ("val", "dancetrack0004", (1, 2))):
+    write_seq(root / split, seq, [row for tid in ids for row in track(tid, range(2, 10))],
+              ext=".jpg", digits=8, seqinfo=dancetrack_seqinfo(seq))
+  os.makedirs(root / "test" / "dancetrack0003" / "img1")  # No gt: never read.
+  return root
+
+
+def test_dancetrack_style_8_digit_names(dancetrack):
+  summary = convert_mot17.convert(str(dancetrack), val_split=0.25, jpeg_quality=100,
+                                  num_workers=1)
+  assert summary["splits"] == ["train"] and summary["sequences"] == [
+      "dancetrack0001", "dancetrack0002"]
+  listed = read_list(dancetrack / "reid" / "meta" / "train.txt")
+  assert list(folders_and_frames(listed)) == [
+      "dancetrack0001_000001", "dancetrack0001_000002", "dancetrack0001_000003",
+      "dancetrack0002_000001"]
+  assert (summary["train_identities"], summary["val_identities"]) == (3, 1)
+  assert summary["train_images"] + summary["val_images"] == 4 * 8
+  # The crop of frame 5 comes from 00000005.jpg (the frames differ by 2 grey levels each).
+  crop = np.asarray(Image.open(dancetrack / "reid" / "imgs" / "dancetrack0001_000002" /
+                               "000005.jpg").convert("RGB")).astype(int)
+  assert crop.shape == (12, 10, 3)
+  assert np.abs(crop - frame_pixels(5)[3:15, 5:15]).mean() < 1.0
+  assert np.abs(crop - frame_pixels(6)[3:15, 5:15]).mean() > 1.5
+
+
+def test_dancetrack_style_train_and_val_splits(dancetrack):
+  out = dancetrack / "out"
+  summary = convert_mot17.convert(str(dancetrack), str(out), val_split=0.2,
+                                  splits=["train", "val"], num_workers=1)
+  assert summary["splits"] == ["train", "val"]
+  assert summary["sequences"] == ["dancetrack0001", "dancetrack0002", "dancetrack0004"]
+  train = folders_and_frames(read_list(out / "meta" / "train_80.txt"))
+  val = folders_and_frames(read_list(out / "meta" / "val_20.txt"))
+  # 6 identities over both split folders; floor(6 * 0.8) = 4 sorted folders to train.
+  assert list(train) == ["dancetrack0001_000001", "dancetrack0001_000002",
+                         "dancetrack0001_000003", "dancetrack0002_000001"]
+  assert list(val) == ["dancetrack0004_000001", "dancetrack0004_000002"]
+  assert (summary["train_images"], summary["val_images"]) == (32, 16)
+  assert len(read_list(out / "meta" / "train.txt")) == 48
+
+
+def test_sportsmot_style_layout(tmp_path):
+  # SportsMOT: dataset/{train,val}/v_<youtube id>_c<clip>, gt rows "1, 0, 83, ..." (spaces, ids
+  # from 0), 6-digit .jpg names.
+  root = tmp_path / "sportsmot_publish" / "dataset"
+  for split, seq in (("train", "v_-6Os86HzwCs_c001"), ("val", "v_00HRwkvvjtQ_c001")):
+    rows = [row for tid in (0, 1) for row in track(tid, range(1, 9))]
+    write_seq(root / split, seq, rows, ext=".jpg", sep=", ",
+              seqinfo=(f"[Sequence]\nname={seq}\nimDir=img1\nframeRate=25\nseqLength=10\n"
+                       f"imWidth={W}\nimHeight={H}\nimExt=.jpg"))  # No final newline, as shipped.
+  summary = convert_mot17.convert(str(root), val_split=0.5, splits=["train", "val"],
+                                  num_workers=1)
+  meta = root / "reid" / "meta"
+  assert list(folders_and_frames(read_list(meta / "train_50.txt"))) == [
+      "v_-6Os86HzwCs_c001_000000", "v_-6Os86HzwCs_c001_000001"]
+  assert list(folders_and_frames(read_list(meta / "val_50.txt"))) == [
+      "v_00HRwkvvjtQ_c001_000000", "v_00HRwkvvjtQ_c001_000001"]
+  assert (summary["train_images"], summary["val_images"]) == (16, 16)
+
+
+def test_frame_names_of_any_width(tmp_path):
+  # Unpadded names (1.png ... 10.png) are found by number too; pixels come from the right frame.
+  write_seq(tmp_path / "train", "CUSTOM-01",
+            track(1, range(1, 11), box=(5, 3, 30, 20)) + track(2, range(1, 11)), digits=0)
+  out = tmp_path / "out"
+  convert_mot17.convert(str(tmp_path), str(out), min_per_person=1, jpeg_quality=100,
+                        num_workers=1)
+  for frame in (1, 10):
+    crop = np.asarray(Image.open(out / "imgs" / "CUSTOM-01_000001" / f"{frame:06d}.jpg"))
+    assert np.abs(crop.astype(int) - frame_pixels(frame)[3:23, 5:35]).mean() < 0.5
+
+
+def test_two_images_for_one_frame_is_an_error(tmp_path):
+  seq = write_seq(tmp_path / "train", "MOT20-01", track(1, range(1, 9)))
+  Image.fromarray(frame_pixels(3)).save(os.path.join(seq, "img1", "00000003.png"))
+  with pytest.raises(convert_mot17.DataError,
+                     match=r"img1: frame 3 has two images, 00000003\.png and 000003\.png"):
+    convert_mot17.convert(str(tmp_path), str(tmp_path / "out"), num_workers=1)
+  assert not (tmp_path / "out").exists()
+
+
+def test_seqinfo_size_that_disagrees_with_the_images_is_a_warning(tmp_path, caplog):
+  # DanceTrack's val/dancetrack0041 says imWidth=1440; its frames are 1920 wide. The image wins.
+  write_seq(tmp_path / "val", "dancetrack0041",
+            track(1, range(1, 9), box=(30, 3, 30, 12)) + track(2, range(1, 9)), ext=".jpg",
+            digits=8, seqinfo=dancetrack_seqinfo("dancetrack0041", width=40))
+  out = tmp_path / "out"
+  convert_mot17.convert(str(tmp_path), str(out), splits=["val"], min_per_person=1,
+                        num_workers=1)
+  crop = Image.open(out / "imgs" / "dancetrack0041_000001" / "000001.jpg")
+  assert crop.size == (W - 30, 12)  # Clipped at the image's 50 columns, not seqinfo's 40.
+  warnings = [r.getMessage() for r in caplog.records if "cropping to the image" in r.getMessage()]
+  assert len(warnings) == 1 and "image is 50x30 but" in warnings[0]
+  assert "says 40x30" in warnings[0]
+
+
+def test_sequence_in_two_splits_is_an_error(dancetrack):
+  write_seq(dancetrack / "val", "dancetrack0001", track(1, range(1, 9)), ext=".jpg", digits=8,
+            seqinfo=dancetrack_seqinfo("dancetrack0001"))
+  with pytest.raises(convert_mot17.DataError, match=r"val/dancetrack0001: sequence also in "
+                                                    r".*train/dancetrack0001"):
+    convert_mot17.convert(str(dancetrack), splits=["train", "val"], num_workers=1)
+
+
+def test_output_inside_any_split_read_is_refused(dancetrack):
+  with pytest.raises(convert_mot17.DataError, match="input's .*val"):
+    convert_mot17.convert(str(dancetrack), str(dancetrack / "val" / "reid"),
+                          splits=["train", "val"], num_workers=1)
+  # Without val in --splits the folder is not an input (this only checks the refusal logic).
+  convert_mot17.convert(str(dancetrack), str(dancetrack / "val" / "reid"), num_workers=1)
 
 
 @pytest.mark.parametrize("row,message", [
@@ -534,8 +697,26 @@ def _bad_inputs():
     write_seq(d / "train", "MOT17-02-FRCNN", track(1, range(1, 5)))
     return r"train: no identities left after filtering"
 
+  def image_missing_8_digits(d):
+    seq = write_seq(d / "train", "dancetrack0001", track(1, range(1, 9)), ext=".jpg", digits=8,
+                    seqinfo=dancetrack_seqinfo("dancetrack0001"))
+    os.remove(os.path.join(seq, "img1", "00000004.jpg"))
+    return r"img1/00000004\.jpg: missing image \(referenced by .*gt/gt\.txt:4\)"
+
+  def image_folder_missing(d):
+    seq = write_seq(d / "train", "MOT20-01", track(1, range(1, 9)))
+    shutil.rmtree(os.path.join(seq, "img1"))
+    return r"MOT20-01/img1: missing image folder \(imDir in .*seqinfo\.ini\)"
+
+  def no_frame_images(d):
+    seq = write_seq(d / "train", "MOT20-01", track(1, range(1, 9)), ext=".jpg")
+    for name in os.listdir(os.path.join(seq, "img1")):
+      os.rename(os.path.join(seq, "img1", name), os.path.join(seq, "img1", "frame" + name))
+    return r"img1: no frame images named <number>\.jpg"
+
   return [no_train, no_seqinfo, seqinfo_missing_key, seqinfo_not_number, seqinfo_garbled,
-          gt_columns, gt_not_number, gt_frame_beyond_length, image_missing, zero_identities]
+          gt_columns, gt_not_number, gt_frame_beyond_length, image_missing, zero_identities,
+          image_missing_8_digits, image_folder_missing, no_frame_images]
 
 
 @pytest.mark.parametrize("setup", _bad_inputs(), ids=lambda f: f.__name__)
@@ -549,6 +730,35 @@ def test_cli_bad_input_is_one_line_error(tmp_path, setup):
   assert lines[0].startswith("error: ") and re.search(expected, lines[0]), lines[0]
   if input_dir.exists():  # Nothing written, not even a temporary directory.
     assert not [n for n in os.listdir(input_dir) if n == "reid" or n.startswith(".")]
+
+
+@pytest.mark.parametrize("splits,message", [
+    ("train,val", r"dancetrack/val: no such directory \(expected <input_dir>/val/<sequence>/\)"),
+    ("train,train", r"--splits names a folder twice: train,train"),
+    ("../train", r"--splits must name split folders of the input"),
+    ("", r"--splits must name split folders of the input"),
+])
+def test_cli_bad_splits_are_one_line_errors(tmp_path, splits, message):
+  write_seq(tmp_path / "dancetrack" / "train", "dancetrack0001", track(1, range(1, 9)))
+  result = run_cli(f"--input_dir={tmp_path / 'dancetrack'}", f"--splits={splits}",
+                   "--num_workers=1")
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and re.search(message, lines[0]), result.stderr
+  assert sorted(os.listdir(tmp_path / "dancetrack")) == ["train"]
+
+
+def test_cli_reads_train_and_val(tmp_path):
+  root = tmp_path / "dancetrack"
+  for split, seq in (("train", "dancetrack0001"), ("val", "dancetrack0004")):
+    write_seq(root / split, seq, track(1, range(1, 9)) + track(2, range(1, 9)), ext=".jpg",
+              digits=8, seqinfo=dancetrack_seqinfo(seq))
+  result = run_cli(f"--input_dir={root}", "--splits=train,val", "--val_split=0.5",
+                   "--num_workers=1")
+  assert result.returncode == 0, result.stderr
+  assert "sequences: 2 from train, val" in result.stderr
+  assert "train: 2 identities, 16 images" in result.stderr
+  assert "val:   2 identities, 16 images" in result.stderr
 
 
 @pytest.mark.parametrize("val_split", ["0.9", "0.999"])
