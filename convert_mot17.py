@@ -526,7 +526,7 @@ def _run_tasks(tasks: list, jpeg_quality: int, num_workers: int) -> Iterator[int
     yield from pool.imap_unordered(write, tasks, chunksize=FRAMES_PER_TASK)
 
 
-def _write_list(path: str, lines: list[tuple[str, int]]) -> None:
+def write_list(path: str, lines: list[tuple[str, int]]) -> None:
   """Writes `relpath label` lines exactly as MMDetection: one space, '\\n' endings."""
   with open(path, "w", encoding="utf-8", newline="\n") as f:
     f.writelines(f"{relpath} {label}\n" for relpath, label in lines)
@@ -539,11 +539,11 @@ def write_dataset(plan: Plan, out_dir: str, *, val_split: float, jpeg_quality: i
   imgs_dir = os.path.join(out_dir, "imgs")
   os.makedirs(meta_dir)
   train_name, val_name = split_names(val_split)
-  _write_list(os.path.join(meta_dir, train_name), plan.train)
-  _write_list(os.path.join(meta_dir, val_name), plan.val)
+  write_list(os.path.join(meta_dir, train_name), plan.train)
+  write_list(os.path.join(meta_dir, val_name), plan.val)
   # MMDetection's train.txt: every identity, val labels continuing after the train labels.
   num_train_labels = plan.summary["train_identities"]
-  _write_list(os.path.join(meta_dir, "train.txt"),
+  write_list(os.path.join(meta_dir, "train.txt"),
               plan.train + [(relpath, label + num_train_labels) for relpath, label in plan.val])
   for folder in sorted({c.relpath.split("/")[0] for c in plan.crops}):
     os.makedirs(os.path.join(imgs_dir, folder))
