@@ -3,8 +3,10 @@
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import zlib
 
 import pytest
@@ -362,6 +364,11 @@ def _bad_inputs():
     (root / "train").mkdir(parents=True)
     return root, r"MOT17: neither a Market-1501-style dataset"
 
+  def both_layouts(tmp):
+    root = write_msmt(tmp / "Mixed")
+    write_images(root / "query", MARKET["query"])
+    return root, r"Mixed: holds both Market-1501-style folders \(query\) and MSMT17-style lists"
+
   def with_val_on_market(tmp):
     root = tmp / "Market"
     for folder, names in MARKET.items():
@@ -371,7 +378,7 @@ def _bad_inputs():
   return [unknown_camera_pattern, junk_query, distractor_query, missing_folder,
           msmt_label_minus_one, msmt_missing_list, msmt_label_disagrees_with_name,
           msmt_missing_image, msmt_bad_name, msmt_listed_twice, msmt_no_image_folders,
-          neither_layout, with_val_on_market]
+          neither_layout, both_layouts, with_val_on_market]
 
 
 @pytest.mark.parametrize("setup", _bad_inputs(), ids=lambda f: f.__name__)
@@ -454,3 +461,38 @@ def test_cli_converts_and_prints_summary(market):
   assert "gallery distractors kept (label 0): 4" in result.stderr
   assert "left out: 3 junk gallery images" in result.stderr
   assert (market / "reid" / "meta" / "gallery.txt").exists()
+
+
+HOOK = """
+import os, shutil, sys, time
+from absl import app
+import convert_market1501
+
+def slow_copy(src, dst):
+  open(os.environ["STARTED"], "w").close()
+  time.sleep(60)
+
+if __name__ == "__main__":
+  shutil.copyfile = slow_copy
+  convert_market1501.define_flags()
+  app.run(convert_market1501.main)
+"""
+
+
+def test_cli_sigterm_while_copying_leaves_nothing(market, tmp_path):
+  hook = tmp_path / "hook.py"
+  hook.write_text(HOOK)
+  started = tmp_path / "started"
+  env = dict(os.environ, PYTHONPATH=ROOT, STARTED=str(started))
+  proc = subprocess.Popen([sys.executable, str(hook), f"--input_dir={market}"], cwd=ROOT, env=env,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 60
+  while not started.exists():
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()[1]
+    time.sleep(0.05)
+  assert [n for n in os.listdir(market) if n.startswith(".reid.tmp-")]
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=60)
+  assert proc.returncode == 1 and "Traceback" not in stderr, stderr
+  assert stderr.strip().splitlines()[-1] == f"error: terminated; {market / 'reid'} unchanged"
+  assert sorted(os.listdir(market)) == sorted([*MARKET, "gt_bbox"])
