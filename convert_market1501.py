@@ -106,7 +106,7 @@ def read_folder(folder: str, split: str, counts: dict[str, int]) -> list[Item]:
       counts["gallery_distractors"] += 1
     items.append(Item(path, person, f"{split}_{person:04d}/{name}"))
   if not items:
-    raise DataError(f"{folder}: no images named <person>_c<camera>...{IMAGE_EXTENSIONS[0]}")
+    raise DataError(f"{folder}: no <person>_c<camera>... images of real persons")
   return items
 
 
@@ -117,10 +117,12 @@ def msmt_image_dirs(input_dir: str) -> tuple[str, str]:
   """The (train, test) image folders of an MSMT17 v1 or v2 layout."""
   found = [dirs for dirs in MSMT_IMAGE_DIRS.values()
            if all(os.path.isdir(os.path.join(input_dir, d)) for d in dirs)]
-  if len(found) != 1:
-    expected = " or ".join("/ and ".join(dirs) + "/" for dirs in MSMT_IMAGE_DIRS.values())
-    what = "both" if found else "neither"
-    raise DataError(f"{input_dir}: has {what} of the MSMT17 image folders {expected}")
+  expected = " or ".join("/ and ".join(dirs) + "/" for dirs in MSMT_IMAGE_DIRS.values())
+  if not found:
+    raise DataError(f"{input_dir}: has neither of the MSMT17 image folders {expected}")
+  if len(found) > 1:
+    raise DataError(f"{input_dir}: has the image folders of both MSMT17 versions ({expected}); "
+                    f"point at one version's folder")
   train_dir, test_dir = found[0]
   return os.path.join(input_dir, train_dir), os.path.join(input_dir, test_dir)
 
@@ -178,9 +180,14 @@ def detect_layout(input_dir: str) -> str:
     raise DataError(f"{input_dir}: holds both Market-1501-style folders ({', '.join(folders)}) "
                     f"and MSMT17-style lists ({', '.join(lists)}); point at one dataset")
   if not folders and not lists:
+    # The zips unpack into one folder (Market-1501-v15.09.15/, MSMT17_V1/): name it if it is there.
+    inside = [e.path for e in sorted(os.scandir(input_dir), key=lambda e: e.name) if e.is_dir()
+              and any(os.path.exists(os.path.join(e.path, n))
+                      for n in (FOLDERS["train"], LIST_FILES["train"]))]
+    hint = f"; did you mean {inside[0]}?" if inside else ""
     raise DataError(f"{input_dir}: neither a Market-1501-style dataset (bounding_box_train/, "
                     f"query/, bounding_box_test/) nor an MSMT17-style one (list_train.txt, "
-                    f"list_query.txt, list_gallery.txt)")
+                    f"list_query.txt, list_gallery.txt){hint}")
   return "folders" if folders else "lists"
 
 

@@ -364,6 +364,12 @@ def _bad_inputs():
     (root / "train").mkdir(parents=True)
     return root, r"MOT17: neither a Market-1501-style dataset"
 
+  def dataset_one_folder_down(tmp):
+    root = tmp / "market1501"
+    for folder, names in MARKET.items():
+      write_images(root / "Market-1501-v15.09.15" / folder, names)
+    return root, r"market1501: neither .*; did you mean .*market1501/Market-1501-v15\.09\.15\?"
+
   def both_layouts(tmp):
     root = write_msmt(tmp / "Mixed")
     write_images(root / "query", MARKET["query"])
@@ -378,7 +384,7 @@ def _bad_inputs():
   return [unknown_camera_pattern, junk_query, distractor_query, missing_folder,
           msmt_label_minus_one, msmt_missing_list, msmt_label_disagrees_with_name,
           msmt_missing_image, msmt_bad_name, msmt_listed_twice, msmt_no_image_folders,
-          neither_layout, both_layouts, with_val_on_market]
+          neither_layout, dataset_one_folder_down, both_layouts, with_val_on_market]
 
 
 @pytest.mark.parametrize("setup", _bad_inputs(), ids=lambda f: f.__name__)
