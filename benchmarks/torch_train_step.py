@@ -3,17 +3,22 @@
   python benchmarks/torch_train_step.py                    # eager and torch.compile, bf16 and fp32
   python benchmarks/torch_train_step.py --compare          # also benchmarks/train_step.py, ratio
   python benchmarks/torch_train_step.py --no_torchvision --depth=18 --width=8 --image_size=32,16
+  python benchmarks/gpu.py                                 # both on a GPU, budgeted, one call
 
 The step is MMDet's recipe: ResNet (torchvision layout, last stride 2) -> global average pool ->
 FC 2048->1024 + BN1d + ReLU -> FC 1024->128 (embedding); BN1d(128) -> Linear(num_classes);
 cross-entropy + batch-hard triplet (Euclidean, margin 0.3); SGD lr 0.1, momentum 0.9, weight decay
 1e-4. bfloat16 runs under torch.autocast, float32 allows TF32 (as JAX's default precision does);
-channels_last; random uint8 batches already on the device, normalised inside the step like ours.
-One device only: the JAX figure it is compared with is images/s per device.
+channels_last; cuDNN autotuning on (as XLA autotunes); torch.compile with static shapes; random
+uint8 batches already on the device, normalised inside the step like ours. One device only: the
+JAX figure it is compared with is images/s per device. PyTorch never shares a process with JAX
+here (its CUDA build crashes in a process that has used JAX): --compare runs JAX's benchmark in
+child processes first.
 """
 
 import datetime
 import importlib.util
+import json
 import os
 import statistics
 import sys
@@ -23,6 +28,11 @@ from typing import Any
 from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+from benchmarks import machine  # noqa: E402
+
 FLAGS = flags.FLAGS
 
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
@@ -43,8 +53,11 @@ def define_flags() -> None:
   flags.DEFINE_integer('warmup', 3, 'Untimed steps first (they include torch.compile).')
   flags.DEFINE_bool('no_torchvision', False,
                     'Build the ResNet from torch.nn here (same layout) instead of torchvision.')
+  flags.DEFINE_string('compile_backend', 'inductor',
+                      'torch.compile backend (aot_eager: no code generation, for quick checks).')
   flags.DEFINE_bool('compare', False,
                     'Also time benchmarks/train_step.py (JAX), same settings; print the ratios.')
+  flags.DEFINE_string('json_out', None, 'Also write the torch rows as JSON to this file.')
 
 
 # ---- Model (needs torch; imported lazily so the script can say "skipped") ----
@@ -174,7 +187,8 @@ def reid_loss(embedding: Any, logits: Any, labels: Any, margin: float = 0.3) -> 
 def time_torch_step(per_device_batch: int, dtype: str, mode: str, *, depth: int = 50,
                     width: int = 64, image_size: tuple[int, int] = (256, 128),
                     num_classes: int = 380, steps: int = 20, runs: int = 5, warmup: int = 3,
-                    use_torchvision: bool = True) -> dict[str, Any]:
+                    use_torchvision: bool = True,
+                    compile_backend: str = 'inductor') -> dict[str, Any]:
   """Builds the model and optimizer, times `steps` training steps `runs` times; returns a row."""
   import torch
 
@@ -183,6 +197,7 @@ def time_torch_step(per_device_batch: int, dtype: str, mode: str, *, depth: int 
   if device.type == 'cuda':  # like JAX's default precision: float32 convs/matmuls as TF32
     torch.backends.cudnn.allow_tf32 = True
     torch.set_float32_matmul_precision('high')
+    torch.backends.cudnn.benchmark = True  # XLA autotunes its convolutions too
   backbone = torchvision_resnet(depth) if use_torchvision else build_resnet(depth, width)
   model = build_model(backbone, num_classes).to(device).to(memory_format=torch.channels_last)
   model.train()
@@ -199,7 +214,9 @@ def time_torch_step(per_device_batch: int, dtype: str, mode: str, *, depth: int 
       embedding, logits = model(x)
     return reid_loss(embedding, logits, labels)
 
-  loss_fn = torch.compile(forward_loss) if mode == 'compile' else forward_loss
+  loss_fn = forward_loss
+  if mode == 'compile':  # static shapes: one graph per batch size, as XLA compiles
+    loss_fn = torch.compile(forward_loss, backend=compile_backend, dynamic=False)
 
   def step(images, labels):
     optimizer.zero_grad(set_to_none=True)
@@ -241,6 +258,8 @@ def time_torch_step(per_device_batch: int, dtype: str, mode: str, *, depth: int 
   return {
       'per_device_batch': per_device_batch, 'dtype': dtype, 'mode': mode, 'device': name,
       'model': 'torchvision' if use_torchvision else 'hand-built (--no_torchvision)',
+      'compile_backend': compile_backend if mode == 'compile' else None,
+      'torch': torch.__version__,
       'first_step_s': first_step_s, 'step_ms': 1e3 * step_s,
       'images_per_s': per_device_batch / step_s, 'peak_memory_bytes': peak,
       'loss_after_warmup': loss_after_warmup, 'runs_s': times,
@@ -267,7 +286,8 @@ def torch_table(rows: list[dict[str, Any]]) -> str:
 
 def compare_table(jax_rows: list[dict[str, Any]], torch_rows: list[dict[str, Any]],
                   modes: list[str]) -> str:
-  """JAX images/s per device next to each torch mode, with JAX / torch ratios."""
+  """JAX images/s per device next to each torch mode, with JAX / torch ratios ('not run' where a
+  torch row is missing)."""
   by_key = {(r['per_device_batch'], r['dtype'], r['mode']): r for r in torch_rows}
   head = ['batch', 'dtype', 'JAX images/s/device']
   for mode in modes:
@@ -276,35 +296,56 @@ def compare_table(jax_rows: list[dict[str, Any]], torch_rows: list[dict[str, Any
   for j in jax_rows:
     cells = [str(j['per_device_batch']), j['dtype'], f"{j['images_per_s_per_device']:.1f}"]
     for mode in modes:
-      t = by_key[(j['per_device_batch'], j['dtype'], mode)]
-      cells += [f"{t['images_per_s']:.1f}",
-                f"{j['images_per_s_per_device'] / t['images_per_s']:.2f}×"]
+      t = by_key.get((j['per_device_batch'], j['dtype'], mode))
+      if t is None:
+        cells += ['not run', '-']
+      else:
+        cells += [f"{t['images_per_s']:.1f}",
+                  f"{j['images_per_s_per_device'] / t['images_per_s']:.2f}×"]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
-def load_jax_benchmark() -> Any:
-  """benchmarks/train_step.py as a module (benchmarks/ is not a package, and must not go on
-  sys.path: its input_pipeline.py would shadow the project's)."""
-  if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-  spec = importlib.util.spec_from_file_location(
-      'bench_train_step', os.path.join(ROOT, 'benchmarks', 'train_step.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+def settings_args(settings: dict[str, Any]) -> list[str]:
+  """Command-line flags for `settings`; train_step.py takes the same names."""
+  h, w = settings['image_size']
+  return [f"--depth={settings['depth']}", f"--width={settings['width']}", f'--image_size={h},{w}',
+          f"--num_classes={settings['num_classes']}", f"--steps={settings['steps']}",
+          f"--runs={settings['runs']}", f"--warmup={settings['warmup']}"]
+
+
+def time_in_subprocess(per_device_batches: list[int], dtypes: list[str], modes: list[str], *,
+                       depth: int = 50, width: int = 64, image_size: tuple[int, int] = (256, 128),
+                       num_classes: int = 380, steps: int = 20, runs: int = 5, warmup: int = 3,
+                       use_torchvision: bool = True, compile_backend: str = 'inductor',
+                       timeout: float | None = None,
+                       env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+  """time_torch_step for every (batch, dtype, mode) in one fresh process; its rows."""
+  settings = dict(depth=depth, width=width, image_size=image_size, num_classes=num_classes,
+                  steps=steps, runs=runs, warmup=warmup)
+  args = [f"--per_device_batch={','.join(str(b) for b in per_device_batches)}",
+          f"--dtypes={','.join(dtypes)}", f"--modes={','.join(modes)}",
+          f'--compile_backend={compile_backend}', *settings_args(settings)]
+  if not use_torchvision:
+    args.append('--no_torchvision')
+  return machine.run_json('torch_train_step', args, timeout=timeout, env=env)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if importlib.util.find_spec('torch') is None:
-    print('skipped: torch not installed')
-    return
+  skipped = None
   use_torchvision = not FLAGS.no_torchvision
-  if use_torchvision and importlib.util.find_spec('torchvision') is None:
-    print('skipped: torchvision not installed (--no_torchvision builds the same ResNet from '
-          'torch.nn instead)')
+  if importlib.util.find_spec('torch') is None:
+    skipped = 'skipped: torch not installed'
+  elif use_torchvision and importlib.util.find_spec('torchvision') is None:
+    skipped = ('skipped: torchvision not installed (--no_torchvision builds the same ResNet from '
+               'torch.nn instead)')
+  if skipped:
+    print(skipped)
+    if FLAGS.json_out:
+      with open(FLAGS.json_out, 'w') as f:
+        json.dump([], f)
     return
   if use_torchvision and FLAGS.width != 64:
     raise app.UsageError('--width other than 64 needs --no_torchvision')
@@ -316,33 +357,36 @@ def main(argv):
   for dtype in FLAGS.dtypes:
     if dtype not in ('float32', 'bfloat16'):
       raise app.UsageError(f'--dtypes: unknown dtype {dtype!r} (float32, bfloat16)')
-  import torch
 
   settings = dict(depth=FLAGS.depth, width=FLAGS.width,
                   image_size=tuple(int(v) for v in FLAGS.image_size),
                   num_classes=FLAGS.num_classes, steps=FLAGS.steps, runs=FLAGS.runs,
                   warmup=FLAGS.warmup)
   configs = [(int(b), d) for b in FLAGS.per_device_batch for d in FLAGS.dtypes]
+  jax_rows = []
+  if FLAGS.compare:
+    # JAX first, in child processes (train_step.py isolates each configuration): this process
+    # has not touched CUDA yet, and never imports JAX.
+    jax_rows = machine.run_json('train_step', [
+        f'--per_device_batch={",".join(FLAGS.per_device_batch)}',
+        f'--dtypes={",".join(FLAGS.dtypes)}', *settings_args(settings)])
+    for row in jax_rows:
+      print(f"done: JAX batch {row['per_device_batch']} {row['dtype']}: "
+            f"{row['images_per_s_per_device']:.1f} images/s/device", flush=True)
+  import torch
+
   torch_rows = []
   for per_device_batch, dtype in configs:
     for mode in FLAGS.modes:
       row = time_torch_step(per_device_batch, dtype, mode, use_torchvision=use_torchvision,
-                            **settings)
+                            compile_backend=FLAGS.compile_backend, **settings)
       torch_rows.append(row)
       print(f"done: torch batch {per_device_batch} {dtype} {mode}: "
             f"{row['images_per_s']:.1f} images/s", flush=True)
       torch._dynamo.reset()
-  if torch.cuda.is_available():
-    torch.cuda.empty_cache()  # hand the GPU to the JAX processes below
-  jax_rows = []
-  if FLAGS.compare:
-    jax_bench = load_jax_benchmark()
-    for per_device_batch, dtype in configs:
-      # A fresh process each: JAX preallocates most of the GPU and keeps its own peak counter.
-      row = jax_bench.time_in_subprocess(per_device_batch, dtype, **settings)
-      jax_rows.append(row)
-      print(f"done: JAX batch {per_device_batch} {dtype}: "
-            f"{row['images_per_s_per_device']:.1f} images/s/device", flush=True)
+  if FLAGS.json_out:
+    with open(FLAGS.json_out, 'w') as f:
+      json.dump(torch_rows, f, indent=1)
 
   device = torch_rows[0]['device'] if torch_rows else 'none'
   print(f'\nDevice: {device}; CPU threads: {torch.get_num_threads()}; torch {torch.__version__}; '
