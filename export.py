@@ -27,15 +27,14 @@ import onnx
 from absl import app, flags, logging
 from onnx import TensorProto, helper, numpy_helper
 
-import evaluate
-import input_pipeline
+import checkpoints
 import models
 
 INPUT_NAME = 'images'
 OUTPUT_NAME = 'output'
 MIN_OPSET = 12
 BN_EPSILON = 1e-5     # models._batch_norm and models._head_batch_norm
-NORM_EPSILON = 1e-12  # models.ReIDModel.embed
+NORM_EPSILON = 1e-12  # models.l2_normalize
 PARITY_ATOL = 1e-4    # on L2-normalised features; raw features are compared relative to their scale
 
 # ---- Graph building ----
@@ -145,7 +144,7 @@ def _head(g: _Graph, x: str, model: models.ReIDModel, params: dict, stats: dict)
 
 
 def _l2_normalize(g: _Graph, x: str) -> str:
-  """x / max(||x||, 1e-12) over the last axis, as ReIDModel.embed."""
+  """x / max(||x||, 1e-12) over the last axis, as models.l2_normalize."""
   if g.opset >= 18:  # ReduceL2 takes its axes as an input from opset 18 on.
     axes = g.node('Constant', [], 'norm.axes', value=numpy_helper.from_array(np.array([1]), 'a'))
     norm = g.node('ReduceL2', [x, axes], 'norm.l2', keepdims=1)
@@ -196,23 +195,23 @@ def run_onnx(onnx_model: onnx.ModelProto | bytes | str, images_nchw: np.ndarray)
   return session.run([OUTPUT_NAME], {INPUT_NAME: np.asarray(images_nchw, np.float32)})[0]
 
 
-def run_jax(model: models.ReIDModel, variables: dict[str, Any], images_nchw: np.ndarray,
+def run_jax(model: models.ReIDModel, variables: dict[str, Any], pixels: np.ndarray,
             normalize: bool = True) -> np.ndarray:
-  """What the export should compute, from the float32 Flax model (NCHW in, as the ONNX)."""
+  """What the export should compute for uint8 NHWC pixels: the float32 test-time embedding."""
   model = model.clone(dtype=jnp.float32)  # the export is float32 whatever the training dtype
-  images = jnp.transpose(jnp.asarray(images_nchw, jnp.float32), (0, 2, 3, 1))
-  if normalize:
-    out = model.apply(variables, images, train=False, method=models.ReIDModel.embed)
-  else:
-    out = model.apply(variables, images, train=False).embedding
-  return np.asarray(out, np.float32)
+  return np.asarray(models.embed(model, variables, jnp.asarray(pixels), normalize=normalize))
+
+
+def onnx_input(pixels: np.ndarray) -> np.ndarray:
+  """The exported graph's input for uint8 NHWC pixels: normalised NCHW float32 (the contract)."""
+  return np.transpose(np.asarray(models.normalize_images(jnp.asarray(pixels))), (0, 3, 1, 2))
 
 
 def parity_error(onnx_model: onnx.ModelProto, model: models.ReIDModel, variables: dict[str, Any],
-                 images_nchw: np.ndarray, normalize: bool = True) -> float:
-  """Max |onnxruntime - JAX| over a batch, divided by max(1, max |JAX|) for raw features."""
-  expected = run_jax(model, variables, images_nchw, normalize)
-  actual = run_onnx(onnx_model, images_nchw)
+                 pixels: np.ndarray, normalize: bool = True) -> float:
+  """Max |onnxruntime - JAX| on uint8 NHWC pixels, divided by max(1, max |JAX|) for raw features."""
+  expected = run_jax(model, variables, pixels, normalize)
+  actual = run_onnx(onnx_model, onnx_input(pixels))
   if actual.shape != expected.shape:
     raise ValueError(f'ONNX output shape {actual.shape} != JAX output shape {expected.shape}')
   return float(np.max(np.abs(actual - expected)) / max(1.0, float(np.max(np.abs(expected)))))
@@ -239,10 +238,10 @@ def sidecar(config: ml_collections.ConfigDict, workdir: str, checkpoint: str, st
       'layout': 'NCHW',
       'color_order': 'RGB',
       'dtype': 'float32',
-      'mean_255': list(input_pipeline.IMAGENET_MEAN_RGB),
-      'std_255': list(input_pipeline.IMAGENET_STD_RGB),
-      'mean': [round(m / 255, 6) for m in input_pipeline.IMAGENET_MEAN_RGB],
-      'std': [round(s / 255, 6) for s in input_pipeline.IMAGENET_STD_RGB],
+      'mean_255': list(models.IMAGENET_MEAN_RGB),
+      'std_255': list(models.IMAGENET_STD_RGB),
+      'mean': [round(m / 255, 6) for m in models.IMAGENET_MEAN_RGB],
+      'std': [round(s / 255, 6) for s in models.IMAGENET_STD_RGB],
       'preprocessing': 'resize crop to HxW (no aspect ratio kept), RGB, x/255, (x - mean) / std',
       'embedding_size': embedding_size,
       'normalized': normalize,
@@ -252,32 +251,6 @@ def sidecar(config: ml_collections.ConfigDict, workdir: str, checkpoint: str, st
       'source': {'workdir': os.path.abspath(workdir), 'checkpoint': checkpoint, 'step': step},
       'config': config.to_dict(),
   }
-
-
-def _publish(tmp: str, path: str, overwrite: bool):
-  """Renames tmp to path; without overwrite, never replaces a file that appeared meanwhile."""
-  if overwrite:
-    os.replace(tmp, path)
-    return
-  try:
-    os.link(tmp, path)  # atomic and fails if path exists, unlike a rename
-  except FileExistsError:
-    raise ValueError(f'{path}: exists (pass --overwrite to replace it)') from None
-  except OSError:  # a file system without hard links
-    if os.path.exists(path):
-      raise ValueError(f'{path}: exists (pass --overwrite to replace it)') from None
-    os.replace(tmp, path)
-    return
-  os.unlink(tmp)
-
-
-def _write_temp(path: str, data: bytes) -> str:
-  """Writes data next to path under a fresh hidden name (with the usual permissions)."""
-  directory, name = os.path.split(os.path.abspath(path))
-  tmp = os.path.join(directory, f'.{name}.{os.getpid()}.tmp')
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  return tmp
 
 
 def export_workdir(workdir: str, output: str, checkpoint: str = 'best', *, normalize: bool = True,
@@ -292,13 +265,13 @@ def export_workdir(workdir: str, output: str, checkpoint: str = 'best', *, norma
         raise ValueError(f'{path}: exists (pass --overwrite to replace it)')
   if not os.path.isdir(workdir):
     raise ValueError(f'{workdir}: no such workdir')
-  config, model, variables, step = evaluate.load_checkpoint(workdir, checkpoint)
+  config, model, variables, step = checkpoints.load_checkpoint(workdir, checkpoint)
   image_size = tuple(int(s) for s in config.data.image_size)
   onnx_model = to_onnx(model, variables, image_size, normalize=normalize, opset=opset)
 
-  # Odd batch of random normalised images: the same range real crops have after preprocessing.
-  images = np.random.default_rng(seed).standard_normal((3, 3, *image_size)).astype(np.float32)
-  error = parity_error(onnx_model, model, variables, images, normalize)
+  # An odd batch of random pixels, through the sidecar's preprocessing contract.
+  pixels = np.random.default_rng(seed).integers(0, 256, (3, *image_size, 3), dtype=np.uint8)
+  error = parity_error(onnx_model, model, variables, pixels, normalize)
   if error > PARITY_ATOL:
     raise ValueError(f'{output}: ONNX differs from the JAX model by {error:.3g} (> {PARITY_ATOL}); '
                      'does export.py still mirror models.py?')
@@ -311,16 +284,8 @@ def export_workdir(workdir: str, output: str, checkpoint: str = 'best', *, norma
     os.makedirs(folder, exist_ok=True)
   except OSError as e:  # e.g. a file where a folder of the path should be
     raise ValueError(f'{output}: cannot create folder {folder} ({e.strerror})') from None
-  temps = []
-  try:
-    temps.append(_write_temp(output, onnx_model.SerializeToString()))
-    temps.append(_write_temp(meta_path, (json.dumps(meta, indent=2) + '\n').encode()))
-    _publish(temps[0], output, overwrite)
-    _publish(temps[1], meta_path, overwrite)
-  finally:
-    for tmp in temps:
-      if os.path.exists(tmp):
-        os.unlink(tmp)
+  checkpoints.write_atomically(output, onnx_model.SerializeToString(), overwrite)
+  checkpoints.write_atomically(meta_path, (json.dumps(meta, indent=2) + '\n').encode(), overwrite)
   return meta
 
 
@@ -343,7 +308,7 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.get_absl_handler().addFilter(evaluate.QuietOrbax())
+  logging.get_absl_handler().addFilter(checkpoints.QuietOrbax())
   try:
     meta = export_workdir(FLAGS.workdir, FLAGS.output, FLAGS.checkpoint,
                           normalize=FLAGS.normalize, opset=FLAGS.opset, overwrite=FLAGS.overwrite)

@@ -7,7 +7,7 @@ Data format (the converter's output, or any dataset laid out the same way):
 
 Images come out as uint8 NHWC RGB at the requested size (bilinear, aspect ratio not kept, no
 antialiasing, like the reference's cv2 resize); normalisation happens on device
-(`normalize_images`).
+(`models.normalize_images`).
 """
 
 import collections
@@ -19,7 +19,6 @@ import re
 from collections.abc import Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 # Quiet TensorFlow's C++ start-up chatter unless the user asked for it; must precede the import.
@@ -33,11 +32,9 @@ try:
 except (RuntimeError, ValueError):  # TF already initialised its devices, or none exist.
   pass
 
-IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
-IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
-
-# Random erasing fills with the mean colour, i.e. ~0 after normalisation.
-_ERASE_FILL_RGB = tuple(round(m) for m in IMAGENET_MEAN_RGB)
+# Random erasing fills with the ImageNet mean colour (models.IMAGENET_MEAN_RGB, rounded), i.e. ~0
+# after the device-side normalisation.
+_ERASE_FILL_RGB = (124, 116, 104)
 _ERASE_ATTEMPTS = 10  # Zhong et al. retry up to 100 times; 10 all failing is ~1e-15 at defaults.
 _MAX_LABEL = 2**31 - 1  # labels travel as int32.
 
@@ -141,27 +138,6 @@ def class_ids(labels: np.ndarray, num_classes: int | None = None, *,
   return ids.astype(np.int32).reshape(-1), found
 
 
-def path_metadata(paths: Sequence[str]) -> dict[str, np.ndarray]:
-  """Identity folder, sequence and frame number parsed from `<SEQ>_<id>/<frame>.jpg` paths.
-
-  identity: first path component ('' for a file directly in the image root); sequence: the identity
-  minus a trailing '_<digits>' when present, else the identity; frame: int(file stem) when the stem
-  is all digits, else -1.
-  """
-  identities, sequences, frames = [], [], []
-  for path in paths:
-    parts = posixpath.normpath(path).split("/")
-    identity = parts[0] if len(parts) > 1 else ""
-    match = re.fullmatch(r"(.+)_[0-9]+", identity)
-    stem = posixpath.splitext(parts[-1])[0]
-    identities.append(identity)
-    sequences.append(match.group(1) if match else identity)
-    frames.append(int(stem) if re.fullmatch(r"[0-9]+", stem) else -1)
-  return {"identity": np.asarray(identities, dtype=str),
-          "sequence": np.asarray(sequences, dtype=str),
-          "frame": np.asarray(frames, np.int64)}
-
-
 # ---- P×K sampling ----
 
 
@@ -185,16 +161,14 @@ def _pk_rows(groups: tuple[np.ndarray, np.ndarray, np.ndarray], p: int, k: int, 
   """`pk_indices` on precomputed identity groups (see there)."""
   order, starts, counts = groups
   num_ids = len(starts)
-  if num_ids < p:
-    raise ValueError(f"P={p} identities per batch but the list has only {num_ids} identities")
   if seed < 0 or step < 0:
     raise ValueError(f"seed and step must be >= 0, got seed={seed} step={step}")
   epoch, position = divmod(step, steps_per_epoch(num_ids, p))
   # Distinct tags (0, 1) keep the epoch stream and the per-step stream independent.
   visit_order = np.random.default_rng([seed, 0, epoch]).permutation(num_ids)
-  chosen = visit_order[position * p:(position + 1) * p]
-  if len(chosen) < p:  # Last step of the epoch: top up from the start of the same order.
-    chosen = np.concatenate([chosen, visit_order[:p - len(chosen)]])
+  # P identities from this step's place in the order; the epoch's last step is topped up from
+  # the start of the same order (cyclically, when the list has fewer than P identities).
+  chosen = np.resize(np.roll(visit_order, -position * p), p)
   rng = np.random.default_rng([seed, 1, step])
   rows = [order[starts[i] + rng.choice(counts[i], size=k, replace=bool(counts[i] < k))]
           for i in chosen]
@@ -207,8 +181,11 @@ def pk_indices(identity_ids: np.ndarray, *, p: int, k: int, seed: int, step: int
   Epoch e = steps [e*S, (e+1)*S) with S = ceil(num_identities / P). Each epoch visits the identities
   in a fresh order (a permutation seeded by (seed, e)), P per step, so every identity appears at
   least once per epoch; the last step is completed with the first identities of the same order, so
-  every batch has P distinct identities. Each identity contributes K images, drawn without
-  replacement when it has >= K images and with replacement otherwise (seeded by (seed, step)).
+  every batch has P distinct identities when the list has at least P. With fewer (MMDet samples
+  8 identities per GPU, so its global batch repeats them too), every step holds every identity
+  once or more, the order repeated cyclically. Each identity slot contributes K images, drawn
+  without replacement when it has >= K images and with replacement otherwise (seeded by
+  (seed, step)).
   A pure function of (identity_ids, p, k, seed, step): resuming at a step replays the same batches.
   """
   if k < 1:
@@ -387,9 +364,6 @@ def train_batches(data: FileList, *, p: int, k: int, image_size: tuple[int, int]
     raise ValueError(f"process index {process_index} not in [0, {process_count})")
   if p % process_count:
     raise ValueError(f"P={p} is not divisible by the process count {process_count}")
-  if num_ids < p:
-    raise ValueError(f"{data.source}: P={p} identities per batch but the list has only "
-                     f"{num_ids} identities")
   if seed < 0 or start_step < 0:
     raise ValueError(f"seed and start_step must be >= 0, got seed={seed} start_step={start_step}")
   if augment.pad >= min(image_size):
@@ -466,17 +440,27 @@ def eval_batches(data: FileList, *, batch_size: int, image_size: tuple[int, int]
   ds = tf.data.Dataset.from_tensor_slices(rows)
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(local_batch).prefetch(tf.data.AUTOTUNE).with_options(_options())
-  return ds.as_numpy_iterator()
+
+  def batches():
+    try:
+      yield from ds.as_numpy_iterator()
+    except tf.errors.OpError as e:  # TF's message names no file: find the first bad one
+      raise ValueError(_undecodable_image_error(data, e)) from None
+  return batches()
+
+
+def _undecodable_image_error(data: FileList, error: Exception) -> str:
+  """Names the first image of `data` that TF cannot decode (only run after a failure)."""
+  for path, lineno in zip(data.paths, data.lines, strict=True):
+    full_path = os.path.join(data.image_root, path)
+    try:
+      tf.io.decode_image(tf.io.read_file(full_path), channels=3, expand_animations=False)
+    except tf.errors.OpError as e:
+      return f"{data.source}:{lineno}: cannot read image {full_path} ({e.message.strip()})"
+  return f"{data.source}: reading the images failed: {error}"
 
 
 # ---- Device side ----
-
-
-def normalize_images(images: jax.Array, dtype=jnp.float32) -> jax.Array:
-  """uint8 NHWC RGB -> (x - ImageNet mean) / std in `dtype` (call inside the jitted step)."""
-  mean = jnp.asarray(IMAGENET_MEAN_RGB, jnp.float32)
-  inv_std = 1.0 / jnp.asarray(IMAGENET_STD_RGB, jnp.float32)
-  return ((images.astype(jnp.float32) - mean) * inv_std).astype(dtype)
 
 
 def prefetch_to_mesh(batches: Iterator[dict[str, np.ndarray]], sharding: jax.sharding.Sharding,

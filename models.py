@@ -1,4 +1,5 @@
-"""ResNet backbones and ReID heads in Flax Linen, plus ImageNet weight import from local files.
+"""ResNet backbones and ReID heads in Flax Linen, the test-time embedding, and ImageNet weight
+import from local files.
 
 The backbone mirrors torchvision's ResNet (v1.5: the stride sits on the 3x3 conv of a bottleneck)
 with the same layer order and module names, so a torchvision or timm state dict maps one to one.
@@ -209,12 +210,6 @@ class ReIDModel(nn.Module):
     logits = None if output.logits is None else output.logits.astype(jnp.float32)
     return output.replace(logits=logits)
 
-  def embed(self, images: jax.Array, train: bool = False) -> jax.Array:
-    """L2-normalised float32 embedding, as trackers and evaluation use it."""
-    embedding = self(images, train).embedding.astype(jnp.float32)
-    norm = jnp.linalg.norm(embedding, axis=-1, keepdims=True)
-    return embedding / jnp.maximum(norm, 1e-12)
-
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> ReIDModel:
   """Builds a ReIDModel from the `model` sub-config; an unknown value is a ValueError naming it."""
@@ -235,6 +230,38 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> ReIDMod
   if num_classes < 0:
     raise ValueError(f'num_classes must be >= 0, got {num_classes}')
   return ReIDModel(num_classes=num_classes, dtype=DTYPES[dtype_name], **values)
+
+
+# ---- Input normalisation and the test-time embedding ----
+
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
+
+
+def normalize_images(images: jax.Array, dtype=jnp.float32) -> jax.Array:
+  """uint8 NHWC RGB -> (x - ImageNet mean) / std in `dtype` (on device, inside a jitted step)."""
+  mean = jnp.asarray(IMAGENET_MEAN_RGB, jnp.float32)
+  inv_std = 1.0 / jnp.asarray(IMAGENET_STD_RGB, jnp.float32)
+  return ((images.astype(jnp.float32) - mean) * inv_std).astype(dtype)
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+  """x / max(||x||, 1e-12) over the last axis."""
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def embed(model: 'ReIDModel', variables: Any, images: jax.Array, *, flip_tta: bool = False,
+          normalize: bool = False) -> jax.Array:
+  """float32 test-time embeddings of uint8 NHWC RGB images, as evaluation and trackers use them.
+
+  flip_tta averages each image's embedding with its mirror's; normalize L2-normalises (after).
+  """
+  x = normalize_images(images, model.dtype)
+  embedding = model.apply(variables, x, train=False).embedding.astype(jnp.float32)
+  if flip_tta:
+    flipped = model.apply(variables, x[:, :, ::-1], train=False).embedding
+    embedding = (embedding + flipped.astype(jnp.float32)) / 2
+  return l2_normalize(embedding) if normalize else embedding
 
 
 # ---- Pretrained weight import ----

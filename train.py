@@ -8,17 +8,14 @@ run sees exactly the batches an uninterrupted run would.
 """
 
 import functools
-import json
 import logging as std_logging
 import math
 import os
+import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
-
-# Quiet TensorFlow's C++ start-up chatter unless asked for; must precede its first import.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 import jax
 import jax.numpy as jnp
@@ -26,13 +23,14 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-import tensorflow as tf
 from absl import app, flags, logging
 from flax.training import train_state
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-import evaluate
+import checkpoints
 import input_pipeline
+import metrics
 import models
 
 FLAGS = flags.FLAGS
@@ -97,12 +95,11 @@ def create_learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_e
   s, base = config.schedule, config.optimizer.lr
   warmup = warmup_steps(config, steps_per_epoch)
   if s.name == 'multistep':
-    # optax scales from count == boundary on; counts restart at 0 after the warmup.
+    # optax scales from count == boundary on; counts restart at 0 after the warmup, which
+    # check_run has made shorter than the first decay.
     boundaries = {}
     for epoch in s.decay_epochs:
       boundary = round(epoch * steps_per_epoch) - warmup
-      if boundary <= 0:
-        raise ValueError(f'decay epoch {epoch} falls inside the warmup ({warmup} steps)')
       boundaries[boundary] = boundaries.get(boundary, 1.0) * s.decay_factor
     main = optax.piecewise_constant_schedule(base, boundaries)
   elif s.name == 'cosine':
@@ -142,8 +139,7 @@ class TrainState(train_state.TrainState):
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, config: ml_collections.ConfigDict,
                schedule: optax.Schedule) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on a global P x K batch; returns the new state and scalar metrics."""
-  images = input_pipeline.normalize_images(batch['image'],
-                                           models.DTYPES[config.model.dtype])
+  images = models.normalize_images(batch['image'], models.DTYPES[config.model.dtype])
   labels = batch['label']
   lc = config.loss
 
@@ -198,77 +194,70 @@ def variables(state: TrainState) -> dict[str, Any]:
   return {'params': state.params, 'batch_stats': state.batch_stats}
 
 
-def checkpoint_tree(state: TrainState) -> dict[str, Any]:
-  """The part of the state that goes into a checkpoint."""
-  return {'step': state.step, 'params': state.params, 'batch_stats': state.batch_stats,
-          'opt_state': state.opt_state}
+# ---- Evaluation ----
+
+def make_embed_fn(model: models.ReIDModel, mesh: jax.sharding.Mesh, *, normalize: bool,
+                  flip_tta: bool = False) -> Callable[[Any, dict[str, jax.Array]], jax.Array]:
+  """A jitted (variables, uint8 batch) -> float32 test embeddings, batch sharded over the mesh."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+
+  def embed(variables, batch):
+    return models.embed(model, variables, batch['image'], flip_tta=flip_tta, normalize=normalize)
+  return jax.jit(embed, in_shardings=(replicated, data), out_shardings=data)
 
 
-# ---- Logging ----
-
-class MetricWriter:
-  """TensorBoard scalars (tf.summary) and metrics.jsonl, written by process 0 only."""
-
-  def __init__(self, workdir: str, start_step: int):
-    self.active = jax.process_index() == 0
-    if self.active:
-      path = os.path.join(workdir, 'metrics.jsonl')
-      _drop_lines_after(path, start_step)
-      self._summary = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
-      self._jsonl = open(path, 'a')
-
-  def write(self, step: int, split: str, scalars: dict[str, float]):
-    if not self.active:
-      return
-    with self._summary.as_default(step=step):
-      for name, value in scalars.items():
-        tf.summary.scalar(f'{split}/{name}', value)
-    self._jsonl.write(json.dumps({'step': step, 'split': split, **scalars}) + '\n')
-    self._jsonl.flush()
-    self._summary.flush()
-
-  def close(self):
-    if self.active:
-      self._summary.close()
-      self._jsonl.close()
+def embed_filelist(embed_fn: Callable, variables: Any, data: input_pipeline.FileList,
+                   mesh: jax.sharding.Mesh, *, batch_size: int,
+                   image_size: tuple[int, int]) -> np.ndarray:
+  """Embeddings of every image of a filelist, in file order, gathered on every process."""
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  batches = input_pipeline.eval_batches(
+      data, batch_size=batch_size, image_size=image_size, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  out = None
+  for batch in input_pipeline.prefetch_to_mesh(batches, sharding):
+    emb, index, mask = multihost_utils.process_allgather(
+        (embed_fn(variables, batch), batch['index'], batch['mask']), tiled=True)
+    if out is None:
+      out = np.zeros((data.num_images, emb.shape[1]), np.float32)
+    out[index[mask]] = emb[mask]
+  return out
 
 
-def _drop_lines_after(path: str, step: int):
-  """Drops metrics.jsonl lines past `step`: a resumed run logs those steps again."""
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = f.readlines()
-  kept = []
-  for line in lines:
-    try:
-      if json.loads(line)['step'] <= step:
-        kept.append(line)
-    except (ValueError, KeyError, TypeError):  # a line cut short by a kill
-      pass
-  if len(kept) != len(lines):
-    with open(path + '.tmp', 'w') as f:
-      f.writelines(kept)
-    os.replace(path + '.tmp', path)
+def read_eval_lists(config: ml_collections.ConfigDict) -> dict[str, input_pipeline.FileList]:
+  """{'query', 'gallery'} when config.data.query_list is set, else {'val'}, or {} for none."""
+  image_root = os.path.join(config.data.root, config.data.image_dir)
+  names = {'query': config.data.query_list, 'gallery': config.data.gallery_list}
+  if not config.data.query_list:
+    names = {'val': config.data.val_list} if config.data.val_list else {}
+  return {name: input_pipeline.read_filelist(os.path.join(config.data.root, path), image_root)
+          for name, path in names.items()}
 
 
-def format_duration(seconds: float) -> str:
-  """'1d 02:03:04' or '02:03:04'."""
-  days, rest = divmod(int(seconds), 86400)
-  text = time.strftime('%H:%M:%S', time.gmtime(rest))
-  return f'{days}d {text}' if days else text
+def evaluate(embed_fn: Callable, variables: Any, lists: dict[str, input_pipeline.FileList],
+             config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> dict[str, float]:
+  """Val metrics: query/gallery with the camera filter, or MMDet's all-vs-all (+ frame gap)."""
+  def embed(data):
+    return embed_filelist(embed_fn, variables, data, mesh, batch_size=config.eval.batch_size,
+                          image_size=tuple(config.data.image_size))
+  if 'query' in lists:
+    query, gallery = lists['query'], lists['gallery']
+    scores, _ = metrics.query_gallery_metrics(embed(query), query.labels, query.paths,
+                                              embed(gallery), gallery.labels, gallery.paths)
+    return scores
+  val = lists['val']
+  embeddings = embed(val)
+  scores = metrics.reid_metrics(embeddings, val.labels)
+  if config.eval.frame_gap > 0:
+    meta = metrics.path_metadata(val.paths)
+    gap = metrics.reid_metrics(embeddings, val.labels, frames=meta['frame'],
+                               sequences=meta['sequence'], frame_gap=config.eval.frame_gap)
+    scores.update({f'gap_{k}': v for k, v in gap.items()})
+  return scores
 
 
-def format_metrics(metrics: dict[str, float]) -> str:
-  """'mAP 61.2 R1 80.3 ...' for the log."""
-  keys = ['mAP', 'R1', 'R5', 'R10', 'R20', 'mINP']
-  text = ' '.join(f'{k} {100 * metrics[k]:.1f}' for k in keys if k in metrics)
-  if 'gap_mAP' in metrics:
-    text += ' | frame-gap: ' + ' '.join(f'{k} {100 * metrics["gap_" + k]:.1f}' for k in keys)
-  return text
-
-
-# ---- Main loop ----
+# ---- Start-up checks ----
 
 def steps_per_epoch(config: ml_collections.ConfigDict, num_identities: int, num_lines: int) -> int:
   """Steps in one epoch, as config.epoch defines it."""
@@ -283,7 +272,7 @@ def steps_per_epoch(config: ml_collections.ConfigDict, num_identities: int, num_
 
 
 def check_config(config: ml_collections.ConfigDict):
-  """Start-up checks whose failure would otherwise surface deep inside jit or tf.data."""
+  """Start-up checks that need no data, whose failure would otherwise surface inside jit."""
   for name in ('batch_size', 'data.k', 'eval.batch_size', 'log_every_steps',
                'checkpoint_every_steps', 'keep_checkpoints'):
     value = config
@@ -297,108 +286,125 @@ def check_config(config: ml_collections.ConfigDict):
   if config.batch_size % config.data.k:
     raise ValueError(f'config.batch_size={config.batch_size} is not a multiple of '
                      f'config.data.k={config.data.k}')
+  p, hosts = config.batch_size // config.data.k, jax.process_count()
+  if p % hosts:
+    raise ValueError(f'P = config.batch_size / config.data.k = {p} identities per batch is not '
+                     f'divisible by the {hosts} processes; change config.batch_size or data.k')
   n = jax.device_count()
   sizes = (('batch_size', config.batch_size), ('eval.batch_size', config.eval.batch_size))
   for name, size in sizes:
     if size % n:
       raise ValueError(f'config.{name}={size} is not divisible by the {n} devices')
+  if bool(config.data.query_list) != bool(config.data.gallery_list):
+    raise ValueError('config.data.query_list and config.data.gallery_list go together')
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str, num_classes: int):
-  """Writes config.json (num_classes resolved) beside the checkpoints for evaluate/export."""
-  path = os.path.join(workdir, 'config.json')
-  saved = ml_collections.ConfigDict(config.to_dict())
-  saved.num_classes = num_classes
-  text = saved.to_json_best_effort(indent=2, sort_keys=True)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = f.read()
-    if old != text:
-      logging.warning('%s differs from the current config; resuming with the current one', path)
-      os.replace(path, path + '.previous')
-  with open(path, 'w') as f:
-    f.write(text)
+def check_run(config: ml_collections.ConfigDict, num_identities: int, epoch_steps: int,
+              total_steps: int):
+  """Start-up checks that need the training list's size: the schedule against the run's length."""
+  p = config.batch_size // config.data.k
+  if num_identities < p:
+    logging.warning('%s has %d identities, fewer than P = config.batch_size / config.data.k = '
+                    '%d: each batch repeats some (as MMDet\'s per-GPU samples do)',
+                    config.data.train_list, num_identities, p)
+  if total_steps < 1:
+    raise ValueError(f'the run has {total_steps} steps ({config.num_epochs} epochs of '
+                     f'{epoch_steps} steps); raise config.num_epochs or config.num_train_steps')
+  warmup = warmup_steps(config, epoch_steps)
+  if config.schedule.name == 'multistep' and config.schedule.decay_epochs:
+    first = min(config.schedule.decay_epochs)
+    if round(first * epoch_steps) <= warmup:
+      raise ValueError(
+          f'config.schedule.decay_epochs: the decay at epoch {first} (step '
+          f'{round(first * epoch_steps)}, {epoch_steps} steps per epoch) falls inside the '
+          f'{warmup}-step warmup; shorten config.schedule.warmup_steps/warmup_epochs or '
+          'lengthen the epoch (config.epoch, config.batch_size)')
 
 
-def _shapes_by_path(tree: Any) -> dict[str, tuple[int, ...]]:
-  """'opt_state/1/0/mu/...' -> shape, for comparing a checkpoint's layout with a state's."""
-  def name(key) -> str:
-    return str(getattr(key, 'key', getattr(key, 'idx', getattr(key, 'name', key))))
-  return {'/'.join(map(name, path)): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+# ---- Main loop ----
+
+def format_duration(seconds: float) -> str:
+  """'1d 02:03:04' or '02:03:04'."""
+  days, rest = divmod(int(seconds), 86400)
+  text = time.strftime('%H:%M:%S', time.gmtime(rest))
+  return f'{days}d {text}' if days else text
 
 
-def restore_latest(manager: ocp.CheckpointManager, state: TrainState,
-                   workdir: str) -> TrainState:
-  """The state of the latest checkpoint in `manager`, or `state` when there is none."""
-  step = manager.latest_step()
-  if step is None:
-    return state
-  # Compared before restoring: orbax's own mismatch error is many lines and leaves threads behind.
-  stored = _shapes_by_path(manager.item_metadata(step))
-  wanted = _shapes_by_path(checkpoint_tree(state))
-  differences = [f'{path} is {stored.get(path, "absent")} in the checkpoint, '
-                 f'{wanted.get(path, "absent")} in this config'
-                 for path in sorted(set(stored) | set(wanted))
-                 if stored.get(path) != wanted.get(path)]
-  if differences:
-    raise ValueError(
-        f'{manager.directory}: cannot resume step {step} with this config ({len(differences)} '
-        f'arrays differ, e.g. {differences[0]}); start a new --workdir or use the config the '
-        f'run began with ({os.path.join(workdir, "config.json")})')
-  restored = manager.restore(step, args=ocp.args.StandardRestore(checkpoint_tree(state)))
-  logging.info('Resumed from step %d', step)
-  return state.replace(**restored)
+class Speedometer:
+  """Training images/s between log lines, leaving out compilation and evaluation time."""
+
+  def __init__(self, batch_size: int):
+    self.batch_size = batch_size
+    self.restart(0)
+
+  def restart(self, step: int):
+    self.time, self.step = time.perf_counter(), step
+
+  def pause(self, seconds: float):
+    self.time += seconds
+
+  def images_per_sec(self, step: int) -> float | None:
+    """Since the last restart, and restarts; None when no step completed since."""
+    now, steps = time.perf_counter(), step - self.step
+    rate = steps * self.batch_size / (now - self.time) if steps > 0 else None
+    self.time, self.step = now, step
+    return rate
+
+
+def first_nonfinite(window: list[dict[str, jax.Array]], state: TrainState,
+                    step: int) -> str | None:
+  """What went non-finite in the steps of `window` (ending at `step`), or None.
+
+  The loss and gradient norm say which step went wrong; the variables check catches an update
+  or a BatchNorm statistic that overflowed while the loss stayed finite.
+  """
+  fetched = jax.device_get([(m['loss'], m['grad_norm']) for m in window])
+  for i, (loss, norm) in enumerate(fetched):
+    if not (np.isfinite(loss) and np.isfinite(norm)):
+      return f'loss {loss}, gradient norm {norm} at step {step - len(window) + i + 1}'
+  if not bool(all_finite(variables(state))):
+    return f'parameters or BatchNorm statistics not finite after step {step}'
+  return None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains (resuming from workdir when possible), evaluates, checkpoints; returns last metrics."""
   check_config(config)
-  root = config.data.root
-  image_root = os.path.join(root, config.data.image_dir)
-  train_data = input_pipeline.read_filelist(os.path.join(root, config.data.train_list), image_root)
+  image_root = os.path.join(config.data.root, config.data.image_dir)
+  train_data = input_pipeline.read_filelist(
+      os.path.join(config.data.root, config.data.train_list), image_root)
   _, num_classes = input_pipeline.class_ids(train_data.labels, config.num_classes or None,
                                             source=train_data.source)
-  val_data = None
-  if config.data.val_list:
-    val_data = input_pipeline.read_filelist(os.path.join(root, config.data.val_list), image_root)
-
+  eval_lists = read_eval_lists(config)
   epoch_steps = steps_per_epoch(config, num_classes, train_data.num_images)
   total_steps = config.num_train_steps or math.ceil(config.num_epochs * epoch_steps)
+  check_run(config, num_classes, epoch_steps, total_steps)
   eval_every = config.eval.every_steps or epoch_steps
   schedule = create_learning_rate_schedule(config, epoch_steps, total_steps)
   logging.info('%d images, %d identities; %d steps of %d images, %d steps per epoch',
                train_data.num_images, num_classes, total_steps, config.batch_size, epoch_steps)
+  if config.model.width == 64 and not config.model.init_from:  # a torchvision-sized ResNet
+    logging.warning('config.model.init_from is empty: training ResNet-%d from random weights; '
+                    "the recipe's numbers assume ImageNet weights (README: Pretrained weights)",
+                    config.model.depth)
 
   mesh = create_mesh()
   model = models.create_model(config.model, num_classes)
   state = create_train_state(config, model, create_optimizer(config, schedule), mesh)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   data_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+  p_train_step = jax.jit(functools.partial(train_step, config=config, schedule=schedule),
+                         in_shardings=(replicated, data_sharding),
+                         out_shardings=(replicated, replicated), donate_argnums=(0,))
+  embed_fn = make_embed_fn(model, mesh, normalize=config.eval.normalize)
 
-  # Checkpoints: the latest k plus the best by val mAP.
   os.makedirs(workdir, exist_ok=True)
-  options = ocp.CheckpointManagerOptions(
-      best_fn=evaluate.checkpoint_score, best_mode='max',
-      preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy([
-          ocp.checkpoint_managers.LatestN(n=config.keep_checkpoints),
-          ocp.checkpoint_managers.BestN(get_metric_fn=evaluate.checkpoint_score, n=1,
-                                        keep_checkpoints_without_metrics=False)]),
-      enable_async_checkpointing=True)
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  with ocp.CheckpointManager(directory, options=options,  # closed on any exit
-                             item_handlers=ocp.StandardCheckpointHandler()) as manager:
-    state = restore_latest(manager, state, workdir)
-    if jax.process_index() == 0:
-      save_config(config, workdir, num_classes)
-    writer = MetricWriter(workdir, int(state.step))
-
-    p_train_step = jax.jit(functools.partial(train_step, config=config, schedule=schedule),
-                           in_shardings=(replicated, data_sharding),
-                           out_shardings=(replicated, replicated), donate_argnums=(0,))
-    embed_fn = evaluate.make_embed_fn(model, config, mesh)
-
+  with checkpoints.checkpoint_manager(workdir, config.keep_checkpoints) as manager:
+    state = checkpoints.restore_latest(manager, state, workdir)
     start_step = int(state.step)
+    if jax.process_index() == 0:
+      checkpoints.save_config(config, workdir, num_classes)
+    writer = checkpoints.MetricWriter(workdir, start_step)
     batches = input_pipeline.train_batches(
         train_data, p=config.batch_size // config.data.k, k=config.data.k,
         image_size=tuple(config.data.image_size),
@@ -407,71 +413,53 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         process_count=jax.process_count(), num_classes=config.num_classes or None)
     batches = input_pipeline.prefetch_to_mesh(batches, data_sharding)
 
-    metrics_since_log: list[dict[str, jax.Array]] = []
-    last_good_step = manager.latest_step()
+    window: list[dict[str, jax.Array]] = []  # step metrics since the last log line
     val_metrics: dict[str, float] = {}
-    t_log, step_log = time.perf_counter(), start_step
-
-    def check_finite(step: int):
-      # Fetching syncs with the device, so it happens only when logging or saving. The loss and
-      # gradient norm say which step went wrong; the variables check catches an update or a
-      # BatchNorm statistic that overflowed while the loss stayed finite.
-      fetched = jax.device_get([(m['loss'], m['grad_norm']) for m in metrics_since_log])
-      finite = [bool(np.isfinite(loss) and np.isfinite(norm)) for loss, norm in fetched]
-      problem = None
-      if not all(finite):
-        first = finite.index(False)
-        loss, norm = fetched[first]
-        problem = f'loss {loss}, gradient norm {norm} at step {step - len(finite) + first + 1}'
-      elif not bool(all_finite(variables(state))):
-        problem = f'parameters or BatchNorm statistics not finite after step {step}'
-      if problem:
-        manager.wait_until_finished()
-        where = f'step {last_good_step} in {manager.directory}' if last_good_step else 'none'
-        raise FloatingPointError(f'{problem}; stopping. Last good checkpoint: {where}')
-
+    speed = Speedometer(config.batch_size)
     for step in range(start_step + 1, total_steps + 1):
-      state, metrics = p_train_step(state, next(batches))
-      metrics_since_log.append(metrics)
-      if step == start_step + 1:  # keep compilation and pipeline start-up out of images/s
-        jax.block_until_ready(metrics)
-        t_log, step_log = time.perf_counter(), step
+      state, step_metrics = p_train_step(state, next(batches))
+      window.append(step_metrics)
+      if step == start_step + 1:  # compilation and pipeline start-up stay out of images/s
+        jax.block_until_ready(step_metrics)
+        speed.restart(step)
       is_last = step == total_steps
-      if step % config.log_every_steps == 0 or is_last:
-        check_finite(step)
-        fetched = jax.device_get(metrics_since_log)
+      log_now = step % config.log_every_steps == 0 or is_last
+      eval_now = bool(eval_lists) and (step % eval_every == 0 or is_last)
+      save_now = step % config.checkpoint_every_steps == 0 or is_last or eval_now
+      # Fetching syncs with the device, so the NaN guard runs only when logging or saving.
+      if window and (log_now or save_now):
+        problem = first_nonfinite(window, state, step)
+        if problem:
+          manager.wait_until_finished()
+          last = manager.latest_step()
+          where = f'step {last} in {manager.directory}' if last else 'none'
+          raise FloatingPointError(f'{problem}; stopping. Last good checkpoint: {where}')
+      if log_now:
+        fetched = jax.device_get(window)
         means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
         means['lr'] = float(fetched[-1]['lr'])  # the rate of this step, not a window average
-        now = time.perf_counter()
-        speed = {}  # none yet on the first step: it is the compilation
-        if step > step_log:
-          speed['images_per_sec'] = (step - step_log) * config.batch_size / (now - t_log)
-        eta = (format_duration((total_steps - step) * config.batch_size / speed['images_per_sec'])
-               if speed else '?')
+        rate = speed.images_per_sec(step)
+        eta = format_duration((total_steps - step) * config.batch_size / rate) if rate else '?'
         logging.info('step %d/%d epoch %.2f loss %.4f ce %.4f triplet %.4f acc %.3f lr %.3g '
                      '%.1f img/s ETA %s', step, total_steps, step / epoch_steps, means['loss'],
                      means['ce'], means['triplet'], means['accuracy'], means['lr'],
-                     speed.get('images_per_sec', math.nan), eta)
-        writer.write(step, 'train', dict(means, **speed, epoch=step / epoch_steps))
-        metrics_since_log, t_log, step_log = [], now, step
-      eval_now = val_data is not None and (step % eval_every == 0 or is_last)
-      save_now = step % config.checkpoint_every_steps == 0 or is_last or eval_now
-      if save_now and metrics_since_log:
-        check_finite(step)
+                     rate or math.nan, eta)
+        speed_scalars = {'images_per_sec': rate} if rate else {}
+        writer.write(step, 'train', dict(means, **speed_scalars, epoch=step / epoch_steps))
+        window = []
       if eval_now:
         t_eval = time.perf_counter()
-        val_metrics = evaluate.evaluate_filelist(embed_fn, variables(state), val_data, config, mesh)
-        logging.info('step %d val %s', step, format_metrics(val_metrics))
+        val_metrics = evaluate(embed_fn, variables(state), eval_lists, config, mesh)
+        logging.info('step %d val %s', step, metrics.format_metrics(val_metrics))
         writer.write(step, 'val', val_metrics)
-        t_log += time.perf_counter() - t_eval  # keep evaluation out of the images/s figure
+        speed.pause(time.perf_counter() - t_eval)
       if save_now:
-        manager.save(step, args=ocp.args.StandardSave(checkpoint_tree(state)),
+        manager.save(step, args=ocp.args.StandardSave(checkpoints.checkpoint_tree(state)),
                      metrics=val_metrics if eval_now else None, force=True)
-        last_good_step = step
-    if start_step >= total_steps and val_data is not None:
+    if start_step >= total_steps and eval_lists:
       logging.info('Already trained for %d steps; evaluating only', total_steps)
-      val_metrics = evaluate.evaluate_filelist(embed_fn, variables(state), val_data, config, mesh)
-      logging.info('step %d val %s', start_step, format_metrics(val_metrics))
+      val_metrics = evaluate(embed_fn, variables(state), eval_lists, config, mesh)
+      logging.info('step %d val %s', start_step, metrics.format_metrics(val_metrics))
     writer.close()
   return val_metrics
 
@@ -485,6 +473,19 @@ def initialize_distributed():
     jax.distributed.initialize()
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parses the command line; a bad flag value or a mistyped config key is one `error:` line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'error: {e}')
+  except (KeyError, AttributeError) as e:  # ml_collections: `--config.<key>` names no config key
+    text = e.args[0].args[0] if isinstance(e.args[0], KeyError) else e.args[0]
+    key, *rest = str(text).splitlines()
+    hint = re.search(r'Did you mean "([^"]+)"', ' '.join(rest))
+    sys.exit(f'error: unknown config key {key}' + (f" (did you mean '{hint[1]}'?)" if hint else ''))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -492,21 +493,21 @@ def main(argv):
     raise app.UsageError('--workdir is required')
   if FLAGS.config is None:
     raise app.UsageError('--config is required, e.g. --config=configs/mot17.py')
-  logging.get_absl_handler().addFilter(evaluate.QuietOrbax(std_logging.WARNING))
+  logging.get_absl_handler().addFilter(checkpoints.QuietOrbax(std_logging.WARNING))
   initialize_distributed()
   if jax.process_index() > 0:  # one log for the whole job: process 0's
     logging.set_verbosity(logging.WARNING)
   logging.info('JAX %s: %d processes, %d devices (%s)', jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
   try:
-    metrics = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    scores = train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     logging.error('%s', e)
     sys.exit(f'error: {e}')
-  if metrics and jax.process_index() == 0:
-    print(f'final val {format_metrics(metrics)}')
+  if scores and jax.process_index() == 0:
+    print(f'final val {metrics.format_metrics(scores)}')
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -12,6 +12,7 @@ import pytest
 from absl import flags
 from PIL import Image
 
+import checkpoints
 import evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +47,7 @@ def run_flags(workdir: str, *args: str) -> str:
 
 
 def val_list(workdir: str) -> str:
-  config = evaluate.load_config(workdir)
+  config = checkpoints.load_config(workdir)
   return os.path.join(config.data.root, config.data.val_list)
 
 
@@ -113,7 +114,7 @@ def test_cli_metrics_equal_the_in_training_evaluation(workdir):
 
   # 'best' is the evaluated step with the highest val mAP.
   best_step = max(val_lines(workdir), key=lambda x: x['mAP'])['step']
-  _, _, _, step = evaluate.load_checkpoint(workdir, 'best')
+  _, _, _, step = checkpoints.load_checkpoint(workdir, 'best')
   assert step == best_step
 
 

@@ -13,6 +13,7 @@ import onnx
 import pytest
 from PIL import Image
 
+import checkpoints
 import evaluate
 import export
 import input_pipeline
@@ -44,9 +45,8 @@ def nchw_images(batch: int, seed: int = 0) -> np.ndarray:
 def jax_embed(model, variables, images_nchw, normalize=True) -> np.ndarray:
   """The reference: the Flax model itself on NHWC input."""
   images = jnp.transpose(jnp.asarray(images_nchw), (0, 2, 3, 1))
-  if normalize:
-    return np.asarray(model.apply(variables, images, train=False, method=models.ReIDModel.embed))
-  return np.asarray(model.apply(variables, images, train=False).embedding)
+  embedding = model.apply(variables, images, train=False).embedding
+  return np.asarray(models.l2_normalize(embedding) if normalize else embedding)
 
 
 def random_variables(model: models.ReIDModel, seed: int):
@@ -78,7 +78,7 @@ def random_variables(model: models.ReIDModel, seed: int):
 @pytest.mark.parametrize('batch', [1, 32])
 def test_onnx_matches_jax_on_trained_workdir(workdir, exported, batch):
   path, _ = exported
-  _, model, variables, _ = evaluate.load_checkpoint(workdir, 'best')
+  _, model, variables, _ = checkpoints.load_checkpoint(workdir, 'best')
   images = nchw_images(batch, seed=batch)
   actual = export.run_onnx(path, images)
   expected = jax_embed(model, variables, images)
@@ -139,7 +139,7 @@ def test_graph_has_tracker_names_and_dynamic_batch(exported):
 
 def test_sidecar_describes_preprocessing_and_source(workdir, exported):
   path, meta = exported
-  config, _, _, step = evaluate.load_checkpoint(workdir, 'best')
+  config, _, _, step = checkpoints.load_checkpoint(workdir, 'best')
   assert meta['input_name'] == 'images' and meta['output_name'] == 'output'
   assert meta['input_size'] == {'height': 32, 'width': 16}
   assert meta['layout'] == 'NCHW' and meta['color_order'] == 'RGB'
@@ -151,7 +151,7 @@ def test_sidecar_describes_preprocessing_and_source(workdir, exported):
   assert meta['opset'] == 17 and meta['parity_error'] <= 1e-4
   # Following the sidecar on uint8 pixels gives what the training pipeline feeds the model.
   pixels = np.random.default_rng(0).integers(0, 256, (2, *IMAGE_SIZE, 3), dtype=np.uint8)
-  expected = np.asarray(input_pipeline.normalize_images(jnp.asarray(pixels)))
+  expected = np.asarray(models.normalize_images(jnp.asarray(pixels)))
   for mean, std, divide in ((meta['mean'], meta['std'], 255.0),
                             (meta['mean_255'], meta['std_255'], 1.0)):
     ours = (pixels / divide - np.array(mean)) / np.array(std)
@@ -161,7 +161,7 @@ def test_sidecar_describes_preprocessing_and_source(workdir, exported):
 def test_raw_export_returns_unnormalized_embedding(workdir, tmp_path):
   output = str(tmp_path / 'raw.onnx')
   meta = export.export_workdir(workdir, output, normalize=False, opset=12)
-  _, model, variables, _ = evaluate.load_checkpoint(workdir, 'best')
+  _, model, variables, _ = checkpoints.load_checkpoint(workdir, 'best')
   images = nchw_images(4)
   actual = export.run_onnx(output, images)
   expected = jax_embed(model, variables, images, normalize=False)
@@ -181,7 +181,7 @@ def test_readme_tracker_snippet_matches_embedder(workdir, exported, monkeypatch)
   exec(snippet, namespace)
 
   # Val crops of many sizes as BGR frames, each with a box over all of it and one inside it.
-  config = evaluate.load_config(workdir)
+  config = checkpoints.load_config(workdir)
   data = input_pipeline.read_filelist(os.path.join(config.data.root, config.data.val_list),
                                       os.path.join(config.data.root, config.data.image_dir))
   frames, boxes, crops = [], [], []

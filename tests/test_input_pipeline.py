@@ -11,6 +11,7 @@ from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 import input_pipeline as ip
+import models
 
 SIZE = (16, 8)  # Output H, W.
 ALL_AUGMENT = ip.Augment(flip=True, pad=2, erasing_prob=0.5, color_jitter=0.3)
@@ -142,14 +143,6 @@ def test_class_ids_contiguous_in_sorted_label_order():
     ip.class_ids(np.array([50, 7]), 380, source="list.txt")
 
 
-def test_path_metadata():
-  meta = ip.path_metadata(["MOT17-02-FRCNN_000009/000081.jpg", "person1/000000.jpg",
-                           "cam_a/img.png", "top.jpg"])
-  assert meta["identity"].tolist() == ["MOT17-02-FRCNN_000009", "person1", "cam_a", ""]
-  assert meta["sequence"].tolist() == ["MOT17-02-FRCNN", "person1", "cam_a", ""]
-  assert meta["frame"].tolist() == [81, 0, -1, -1] and meta["frame"].dtype == np.int64
-
-
 # ---- P×K sampling ----
 
 
@@ -190,12 +183,17 @@ def test_pk_indices_every_epoch_covers_every_identity():
   assert orders[0] != orders[1]  # A fresh order every epoch.
 
 
-def test_pk_indices_depends_on_seed_and_checks_p():
+def test_pk_indices_depends_on_seed_and_repeats_identities_when_fewer_than_p():
   ids = np.repeat(np.arange(6), 4)
   a = ip.pk_indices(ids, p=3, k=2, seed=0, step=0)
   assert not np.array_equal(a, ip.pk_indices(ids, p=3, k=2, seed=1, step=0))
-  with pytest.raises(ValueError, match="P=7 .* only 6 identities"):
-    ip.pk_indices(ids, p=7, k=2, seed=0, step=0)
+  # P=14 > 6 identities: every step holds all 6, the epoch order repeated cyclically.
+  for step in range(3):
+    slots = ids[ip.pk_indices(ids, p=14, k=2, seed=0, step=step)].reshape(14, 2)
+    assert (slots[:, 0] == slots[:, 1]).all()  # K images of one identity per slot
+    assert slots[:6, 0].tolist() == slots[6:12, 0].tolist() == slots[12:, 0].tolist() + \
+        slots[2:6, 0].tolist()
+    assert sorted(slots[:6, 0]) == list(range(6))
 
 
 # ---- Training stream ----
@@ -244,8 +242,6 @@ def test_train_batches_processes_reassemble_global_batch(dataset):
 def test_train_batches_errors(dataset):
   with pytest.raises(ValueError, match="P=4 is not divisible by the process count 3"):
     _train(dataset, process_count=3)
-  with pytest.raises(ValueError, match="P=9 identities per batch but the list has only 8"):
-    _train(dataset, p=9)
   with pytest.raises(ValueError, match="num_classes is 380 but the list has 8"):
     _train(dataset, num_classes=380)
   with pytest.raises(ValueError, match=r"process index 2 not in \[0, 2\)"):
@@ -402,17 +398,8 @@ def test_red_stays_red_through_training_stream(tmp_path):
   image = next(ip.train_batches(data, p=3, k=2, image_size=SIZE, augment=ip.Augment(), seed=0))
   image = image["image"].astype(int)
   assert (image[..., 0] >= 250).all() and (image[..., 1:] <= 5).all()
-  normalized = np.asarray(ip.normalize_images(jnp.asarray(image.astype(np.uint8))))
+  normalized = np.asarray(models.normalize_images(jnp.asarray(image.astype(np.uint8))))
   assert (normalized[..., 0] > 2.0).all() and (normalized[..., 1:] < -1.7).all()
-
-
-def test_normalize_images_hand_computed():
-  images = jnp.asarray(np.array([0, 128, 255], np.uint8).reshape(1, 1, 1, 3))
-  expected = [(0 - 123.675) / 58.395, (128 - 116.28) / 57.12, (255 - 103.53) / 57.375]
-  out = ip.normalize_images(images)
-  assert out.dtype == jnp.float32
-  np.testing.assert_allclose(np.asarray(out).reshape(3), expected, rtol=1e-6)
-  assert ip.normalize_images(images, jnp.bfloat16).dtype == jnp.bfloat16
 
 
 # ---- Evaluation stream ----

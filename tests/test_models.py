@@ -163,7 +163,7 @@ def save(state: dict, path, fmt: str):
 
 
 def embed_and_outputs(model):
-  return lambda variables, images: (model.apply(variables, images, method='embed'),
+  return lambda variables, images: (models.l2_normalize(model.apply(variables, images).embedding),
                                     model.apply(variables, images))
 
 
@@ -265,8 +265,7 @@ def test_linear_head_outputs():
   assert output.embedding.shape == (4, 16) and output.logits.shape == (4, 5)
   # MMDet: the 128-d (here 16-d) pre-BN feature is both the embedding and the triplet feature.
   np.testing.assert_array_equal(output.triplet_feature, output.embedding)
-  embedded = model.apply(variables, images, method='embed')
-  assert embedded.dtype == jnp.float32
+  embedded = models.l2_normalize(output.embedding)
   np.testing.assert_allclose(np.linalg.norm(embedded, axis=-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(
       embedded, output.embedding / np.linalg.norm(output.embedding, axis=-1, keepdims=True),
@@ -301,8 +300,32 @@ def test_no_classes_gives_embedding_only_model(head):
   assert 'classifier' not in variables['params']['head']
   output = model.apply(variables, images)
   assert output.logits is None
-  embedded = model.apply(variables, images, method='embed')
+  embedded = models.l2_normalize(output.embedding)
   np.testing.assert_allclose(np.linalg.norm(embedded, axis=-1), 1.0, rtol=1e-5)
+
+
+def test_embed_normalises_pixels_flips_and_l2_normalises():
+  model = small_model(head='bnneck')
+  variables = init_small(head='bnneck')
+  pixels = np.random.default_rng(3).integers(0, 256, (4, 64, 32, 3), dtype=np.uint8)
+  x = models.normalize_images(jnp.asarray(pixels))
+  raw = model.apply(variables, x).embedding
+  np.testing.assert_allclose(models.embed(model, variables, pixels), raw, rtol=1e-5, atol=1e-6)
+  mirror = model.apply(variables, x[:, :, ::-1]).embedding
+  flipped = models.embed(model, variables, pixels, flip_tta=True, normalize=True)
+  expected = (raw + mirror) / 2
+  expected /= np.linalg.norm(expected, axis=-1, keepdims=True)
+  assert flipped.dtype == jnp.float32
+  np.testing.assert_allclose(flipped, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_normalize_images_hand_computed():
+  images = jnp.asarray(np.array([0, 128, 255], np.uint8).reshape(1, 1, 1, 3))
+  expected = [(0 - 123.675) / 58.395, (128 - 116.28) / 57.12, (255 - 103.53) / 57.375]
+  out = models.normalize_images(images)
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(out).reshape(3), expected, rtol=1e-6)
+  assert models.normalize_images(images, jnp.bfloat16).dtype == jnp.bfloat16
 
 
 def test_gem_with_p_one_equals_average_pooling():

@@ -15,6 +15,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
+import metrics
 import models
 import train
 from configs import default, mot17
@@ -34,6 +35,7 @@ def tiny_config(data_root: str = ''):
   config.optimizer.name = 'adam'
   config.optimizer.lr = 1e-3
   config.schedule.warmup_steps = 0
+  config.schedule.warmup_epochs = 0
   config.schedule.decay_epochs = ()
   config.eval.batch_size = 32
   return config
@@ -42,7 +44,7 @@ def tiny_config(data_root: str = ''):
 def tiny_flags(data_root: str, **overrides) -> list[str]:
   """Command-line overrides giving tiny_config() on top of configs/synthetic.py."""
   values = {'data.root': data_root, 'data.image_size': '(32,16)', 'batch_size': 16,
-            'model.depth': 18, 'model.width': 8, 'schedule.warmup_steps': 0,
+            'model.depth': 18, 'model.width': 8,
             'eval.batch_size': 32, 'log_every_steps': 1, **overrides}
   return [f'--config.{k}={v}' for k, v in values.items()]
 
@@ -145,17 +147,6 @@ def test_check_config_rejects_values_that_would_fail_later(key, value):
 def test_log_helpers():
   assert train.format_duration(3725) == '01:02:05'
   assert train.format_duration(90000) == '1d 01:00:00'  # not wrapped at 24 h
-  import evaluate
-  assert evaluate.checkpoint_score({'mAP': 0.5}) == 0.5
-  assert evaluate.checkpoint_score({'mAP': float('nan')}) == -np.inf  # ranks last, not randomly
-
-
-def test_resume_drops_metrics_lines_after_the_checkpoint(tmp_path):
-  path = tmp_path / 'metrics.jsonl'
-  lines = [json.dumps({'step': s, 'split': 'train'}) for s in (1, 2, 3, 4)]
-  path.write_text('\n'.join(lines) + '\n{"step": 5, "spl')  # the last line cut by a kill
-  train._drop_lines_after(str(path), 2)
-  assert path.read_text().splitlines() == lines[:2]
 
 
 def test_cosine_schedule_and_decay_mask():
@@ -205,8 +196,8 @@ def run_steps(config, mesh, batch, num_steps, num_classes):
   batch = jax.device_put(batch, data)
   losses = []
   for _ in range(num_steps):
-    state, metrics = step(state, batch)
-    losses.append(float(metrics['loss']))
+    state, step_metrics = step(state, batch)
+    losses.append(float(step_metrics['loss']))
   return state, losses
 
 
@@ -338,7 +329,6 @@ def test_two_processes_match_one_process(tmp_path, synthetic_reid):
 
 
 def test_tiny_run_learns_far_better_than_random(tmp_path, synthetic_reid):
-  import evaluate
   import input_pipeline
 
   config = tiny_config(str(synthetic_reid))
@@ -353,15 +343,15 @@ def test_tiny_run_learns_far_better_than_random(tmp_path, synthetic_reid):
   config.schedule.name = 'cosine'
   config.log_every_steps = 50
   config.checkpoint_every_steps = 1000
-  metrics = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  scores = train.train_and_evaluate(config, str(tmp_path / 'run'))
 
   val = input_pipeline.read_filelist(
       os.path.join(synthetic_reid, config.data.val_list),
       os.path.join(synthetic_reid, config.data.image_dir))
   rng = np.random.default_rng(0)
-  chance = evaluate.reid_metrics(rng.normal(size=(val.num_images, 128)), val.labels)
-  assert metrics['mAP'] > chance['mAP'] + 0.25, (metrics, chance)
-  assert metrics['R1'] > chance['R1'] + 0.5, (metrics, chance)
+  chance = metrics.reid_metrics(rng.normal(size=(val.num_images, 128)), val.labels)
+  assert scores['mAP'] > chance['mAP'] + 0.25, (scores, chance)
+  assert scores['R1'] > chance['R1'] + 0.5, (scores, chance)
   lines = (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()
   assert json.loads(lines[-1])['split'] == 'val'
   assert os.path.exists(tmp_path / 'run' / 'config.json')

@@ -1,10 +1,10 @@
-"""Tests for evaluate.py: hand-computed rankings and a NumPy port of the reference formulas."""
+"""Tests for metrics.py: hand-computed rankings and a NumPy port of the reference formulas."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import evaluate
+import metrics
 
 # ---- Hand-computed cases (1-D features, so squared distances are easy to write out) ----
 
@@ -17,7 +17,7 @@ def test_ties_are_ordered_by_index_and_self_never_counts():
   # q3 (B): 0(A,1) 1(B,1) 2(A,1)    -> rank 2: AP 1/2.
   # mAP = mINP = (1/2 + 1/3 + 1 + 1/2) / 4 = 7/12; R1 = 1/4; gallery of 3 < 5 -> R5..R20 = 1.
   # (MMDet drops the first-ranked item instead of self, so a tie can count self as a hit.)
-  m = evaluate.reid_metrics(np.array([[0.0], [0.0], [0.0], [1.0]]), np.array(list("ABAB")))
+  m = metrics.reid_metrics(np.array([[0.0], [0.0], [0.0], [1.0]]), np.array(list("ABAB")))
   assert m["mAP"] == pytest.approx(7 / 12, abs=1e-6)
   assert m["mINP"] == pytest.approx(7 / 12, abs=1e-6)
   assert m["R1"] == pytest.approx(0.25)
@@ -32,7 +32,7 @@ def test_queries_without_positives_are_skipped_and_small_gallery_works():
   # q3 (x2.5): 2(B,.25) 1(A,2.25) 0(A,6.25) -> ranks 2,3: AP (1/2 + 2/3)/2 = 7/12, INP 2/3.
   # mAP = (1 + 1 + 7/12)/3 = 31/36; mINP = (1 + 1 + 2/3)/3 = 8/9; R1 = 2/3; R5.. = 1 (gallery 4).
   x = np.array([[0.0], [1.0], [3.0], [2.5], [10.0]])
-  m = evaluate.reid_metrics(x, np.array([0, 0, 1, 0, 2]))
+  m = metrics.reid_metrics(x, np.array([0, 0, 1, 0, 2]))
   assert m["mAP"] == pytest.approx(31 / 36, abs=1e-6)
   assert m["mINP"] == pytest.approx(8 / 9, abs=1e-6)
   assert m["R1"] == pytest.approx(2 / 3)
@@ -55,21 +55,21 @@ def test_frame_gap_ignores_same_track_neighbours_in_the_same_sequence():
   labels = np.array(list("AAABBA"))
   sequences = np.array(["S1"] * 5 + ["S2"])
   frames = np.array([1, 2, 10, 1, 5, 2])
-  m = evaluate.reid_metrics(x, labels, frames=frames, sequences=sequences, frame_gap=2,
+  m = metrics.reid_metrics(x, labels, frames=frames, sequences=sequences, frame_gap=2,
                             ranks=(1, 2, 5))
   assert m["mAP"] == pytest.approx(677 / 1080, abs=1e-6)
   assert m["mINP"] == pytest.approx(203 / 360, abs=1e-6)
   assert (m["R1"], m["R2"], m["R5"]) == pytest.approx((3 / 6, 4 / 6, 1.0))
   # Without the filter q0's neighbour 1 is its nearest positive, so the numbers go up.
-  assert evaluate.reid_metrics(x, labels)["mAP"] > m["mAP"]
+  assert metrics.reid_metrics(x, labels)["mAP"] > m["mAP"]
 
 
 def test_frame_gap_needs_known_frames():
   x, labels = np.zeros((3, 2)), np.array([0, 0, 1])
   with pytest.raises(ValueError, match=r"frames\[1\] is -1"):
-    evaluate.reid_metrics(x, labels, frames=np.array([3, -1, 5]), frame_gap=1)
+    metrics.reid_metrics(x, labels, frames=np.array([3, -1, 5]), frame_gap=1)
   with pytest.raises(ValueError, match="needs frames"):
-    evaluate.reid_metrics(x, labels, frame_gap=1)
+    metrics.reid_metrics(x, labels, frame_gap=1)
 
 
 def test_query_gallery_mode_with_camera_filter():
@@ -84,31 +84,31 @@ def test_query_gallery_mode_with_camera_filter():
   query = np.array([[0.0], [10.0]])
   gallery = np.array([[0.0], [1.0], [2.0], [3.0]])
   q_labels, g_labels = np.array([7, 8]), np.array([7, 8, 7, 7])
-  m = evaluate.retrieval_metrics(query, q_labels, gallery, g_labels,
+  m = metrics.retrieval_metrics(query, q_labels, gallery, g_labels,
                                  query_cams=np.array([1, 2]), gallery_cams=np.array([1, 1, 2, 1]))
   assert m["mAP"] == pytest.approx(5 / 12, abs=1e-6)
   assert m["mINP"] == pytest.approx(5 / 12, abs=1e-6)
   assert m["R1"] == 0.0 and m["R5"] == 1.0
   assert (m["num_queries"], m["num_gallery"]) == (2, 4)
-  m = evaluate.retrieval_metrics(query, q_labels, gallery, g_labels)
+  m = metrics.retrieval_metrics(query, q_labels, gallery, g_labels)
   assert m["mAP"] == pytest.approx(41 / 72, abs=1e-6)
   assert m["mINP"] == pytest.approx((3 / 4 + 1 / 3) / 2, abs=1e-6)
   assert m["R1"] == 0.5
 
 
 def test_no_valid_query_gives_nan_not_a_crash():
-  m = evaluate.reid_metrics(np.eye(3), np.array([0, 1, 2]))
+  m = metrics.reid_metrics(np.eye(3), np.array([0, 1, 2]))
   assert np.isnan(m["mAP"]) and np.isnan(m["R1"])
   assert (m["num_queries"], m["num_skipped"]) == (0, 3)
 
 
 def test_bad_input_is_a_clear_error():
   with pytest.raises(ValueError, match="query_labels must have shape"):
-    evaluate.reid_metrics(np.zeros((3, 2)), np.array([0, 1]))
+    metrics.reid_metrics(np.zeros((3, 2)), np.array([0, 1]))
   with pytest.raises(ValueError, match="NaN or inf"):
-    evaluate.reid_metrics(np.array([[0.0], [np.nan]]), np.array([0, 0]))
+    metrics.reid_metrics(np.array([[0.0], [np.nan]]), np.array([0, 0]))
   with pytest.raises(ValueError, match="dimension"):
-    evaluate.retrieval_metrics(np.zeros((2, 2)), np.array([0, 1]), np.zeros((2, 3)),
+    metrics.retrieval_metrics(np.zeros((2, 2)), np.array([0, 1]), np.zeros((2, 3)),
                                np.array([0, 1]))
 
 
@@ -153,7 +153,7 @@ def _assert_close(ours, ref):
 def test_all_vs_all_matches_numpy_reference():
   _, x, labels = _random_items(0)
   ref = _numpy_reference(x, labels, x, labels, ignore=lambda q: [q])
-  ours = evaluate.reid_metrics(jnp.asarray(x), labels)
+  ours = metrics.reid_metrics(jnp.asarray(x), labels)
   _assert_close(ours, ref)
   assert 0.05 < ref["mAP"] < 0.95  # the data is neither trivial nor hopeless
 
@@ -172,7 +172,7 @@ def test_frame_gap_matches_numpy_reference():
   frames, sequences = rng.integers(0, 40, len(x)), rng.choice(["S1", "S2"], len(x))
 
   ref = _numpy_reference(x, labels, x, labels, _frame_gap_ignore(labels, sequences, frames, 3))
-  _assert_close(evaluate.reid_metrics(x, labels, frames=frames, sequences=sequences,
+  _assert_close(metrics.reid_metrics(x, labels, frames=frames, sequences=sequences,
                                       frame_gap=3), ref)
 
 
@@ -185,7 +185,7 @@ def test_query_gallery_cameras_match_numpy_reference():
     return np.flatnonzero((labels[gallery] == labels[query][q]) & (cams[gallery] == cams[query][q]))
 
   ref = _numpy_reference(x[query], labels[query], x[gallery], labels[gallery], ignore)
-  ours = evaluate.retrieval_metrics(x[query], labels[query], x[gallery], labels[gallery],
+  ours = metrics.retrieval_metrics(x[query], labels[query], x[gallery], labels[gallery],
                                     query_cams=cams[query], gallery_cams=cams[gallery])
   _assert_close(ours, ref)
 
@@ -193,8 +193,8 @@ def test_query_gallery_cameras_match_numpy_reference():
 def test_chunking_does_not_change_results():
   rng, x, labels = _random_items(3)
   frames = rng.integers(0, 40, len(x))
-  small = evaluate.reid_metrics(x, labels, frames=frames, frame_gap=2, chunk_size=7)
-  large = evaluate.reid_metrics(x, labels, frames=frames, frame_gap=2, chunk_size=1024)
+  small = metrics.reid_metrics(x, labels, frames=frames, frame_gap=2, chunk_size=7)
+  large = metrics.reid_metrics(x, labels, frames=frames, frame_gap=2, chunk_size=1024)
   assert small == pytest.approx(large, abs=1e-6)
 
 
@@ -205,8 +205,8 @@ def _stats_by_path(monkeypatch, *args, **kwargs):
   """retrieval_stats with every chunk counted, then with every chunk binary-searched."""
   out = []
   for search_above in (10**9, -1):
-    monkeypatch.setattr(evaluate, "SEARCH_ABOVE", search_above)
-    out.append(evaluate.retrieval_stats(*args, **kwargs))
+    monkeypatch.setattr(metrics, "SEARCH_ABOVE", search_above)
+    out.append(metrics.retrieval_stats(*args, **kwargs))
   return out
 
 
@@ -244,7 +244,7 @@ def _protocols(seed, n, num_ids):
 ])
 def test_search_path_equals_counting_path_and_numpy_reference(monkeypatch, n, num_ids, chunk_size,
                                                               pairs):
-  monkeypatch.setattr(evaluate, "SEARCH_PAIRS", pairs)
+  monkeypatch.setattr(metrics, "SEARCH_PAIRS", pairs)
   for name, args, kwargs, ref in _protocols(6, n, num_ids):
     counted, searched = _stats_by_path(monkeypatch, *args, **kwargs, chunk_size=chunk_size)
     for key in ("first_rank", "num_positives", "inp"):
@@ -252,7 +252,7 @@ def test_search_path_equals_counting_path_and_numpy_reference(monkeypatch, n, nu
     # The same terms, summed in another order.
     np.testing.assert_allclose(counted["ap"], searched["ap"], atol=1e-6, rtol=0, err_msg=name)
     if ref["num_queries"]:  # still searching: _stats_by_path ends on that path
-      _assert_close(evaluate.retrieval_metrics(*args, **kwargs, chunk_size=chunk_size), ref)
+      _assert_close(metrics.retrieval_metrics(*args, **kwargs, chunk_size=chunk_size), ref)
 
 
 def test_large_identities_take_the_search_path_and_match_numpy_reference(monkeypatch):
@@ -260,11 +260,19 @@ def test_large_identities_take_the_search_path_and_match_numpy_reference(monkeyp
   rng, x, labels = _random_items(5, n=600, num_ids=4)
   frames, sequences = rng.integers(0, 60, len(x)), rng.choice(["S1", "S2"], len(x))
   calls = []
-  search = evaluate._search_chunk_stats
-  monkeypatch.setattr(evaluate, "_search_chunk_stats",
+  search = metrics._search_chunk_stats
+  monkeypatch.setattr(metrics, "_search_chunk_stats",
                       lambda *a, **k: calls.append(k["chunk"]) or search(*a, **k))
 
   ref = _numpy_reference(x, labels, x, labels, _frame_gap_ignore(labels, sequences, frames, 5))
-  _assert_close(evaluate.reid_metrics(x, labels, frames=frames, sequences=sequences,
+  _assert_close(metrics.reid_metrics(x, labels, frames=frames, sequences=sequences,
                                       frame_gap=5), ref)
   assert calls and 0.05 < ref["mAP"] < 0.95
+
+
+def test_path_metadata():
+  meta = metrics.path_metadata(['MOT17-02-FRCNN_000009/000081.jpg', 'person1/000000.jpg',
+                           'cam_a/img.png', 'top.jpg'])
+  assert meta['identity'].tolist() == ['MOT17-02-FRCNN_000009', 'person1', 'cam_a', '']
+  assert meta['sequence'].tolist() == ['MOT17-02-FRCNN', 'person1', 'cam_a', '']
+  assert meta['frame'].tolist() == [81, 0, -1, -1] and meta['frame'].dtype == np.int64
