@@ -1,4 +1,17 @@
-"""Every knob of train.py, with defaults; other configs import this and override."""
+"""Every knob of train.py, with defaults: MMDet's ReID recipe (reid_r50_8xb32-6e) for any data.
+
+Other configs import this and override. One epoch is MMDet's (`epoch='mmdet'`): one 32-image
+P x K sample per training-list line, i.e. ceil(lines * 32 / 256) steps of 256 images. Six epochs,
+lr x0.1 from epoch 5, and a linear warmup of 0.32 epoch, which is MMDet's 1000 iterations on MOT17
+train_80 and scales with the data, so the decay never falls inside it. Steps for some datasets:
+
+  dataset (identities / images)        steps per epoch   warmup   decay at   total
+  MOT17 train_80 (~380 / 25,000)                  3,125    1,000     15,625  18,750
+  a custom set (50 / 2,000)                         250       80      1,250   1,500
+  Market-1501 train (751 / 12,936)                1,617      517      8,085   9,702
+
+configs/mot17.py is this recipe with MMDet's literal 1000-step warmup.
+"""
 
 import ml_collections
 
@@ -12,7 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.root = 'data/MOT17/reid'       # holds image_dir/ and the lists below
   config.data.image_dir = 'imgs'             # MMDet's data_prefix, relative to root
   config.data.train_list = 'meta/train_80.txt'  # '<path> <label>' lines, relative to root
-  config.data.val_list = 'meta/val_20.txt'   # '' disables evaluation
+  config.data.val_list = 'meta/val_20.txt'   # all-vs-all val list; '' disables evaluation
+  # Query/gallery evaluation instead of val_list (Market-1501 style; camera filter from file names).
+  config.data.query_list = ''
+  config.data.gallery_list = ''
   config.data.image_size = (256, 128)        # (H, W); aspect ratio is not kept, as MMDet
   config.data.k = 4                          # images per identity; P = batch_size // k
   config.data.augment = ml_collections.ConfigDict()
@@ -34,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   #   'mmdet': MMDet's epoch, one 32-image P x K sample per training-list line
   #            (ceil(num_lines * 32 / batch_size) steps; with batch_size 256 that is MMDet's
   #            iteration count on 8 GPUs x 32 images).
-  config.epoch = 'identities'
+  config.epoch = 'mmdet'
   config.num_epochs = 6.0
   config.num_train_steps = 0                 # > 0 overrides num_epochs
 
@@ -48,7 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.hidden_dim = 1024             # linear head
   config.model.embed_dim = 128               # linear head
   config.model.dtype = 'float32'             # compute dtype: 'float32' or 'bfloat16'
-  config.model.init_from = ''                # local ImageNet weights (.pth/.safetensors/.npz)
+  config.model.init_from = ''                # local ImageNet weights (.pth/.safetensors/.npz);
+                                             # empty: random init, and train.py warns
 
   # ---- Losses: ce_weight * CE + triplet_weight * batch-hard triplet ----
   config.loss = ml_collections.ConfigDict()
@@ -67,15 +84,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.b1 = 0.9                  # adam/adamw
   config.optimizer.b2 = 0.999                # adam/adamw
   config.optimizer.weight_decay = 1e-4       # L2 added to the gradient (adamw: decoupled)
-  config.optimizer.decay_bn_and_bias = True  # False: no weight decay on BN and bias (BoT)
+  # False exempts BN and biases from weight decay: fast-reid's choice. MMDet and BoT decay all.
+  config.optimizer.decay_bn_and_bias = True
 
   # ---- Learning-rate schedule ----
   config.schedule = ml_collections.ConfigDict()
   config.schedule.name = 'multistep'         # 'multistep' or 'cosine'
-  config.schedule.warmup_steps = 1000        # linear warmup; total = steps + epochs * steps/epoch
-  config.schedule.warmup_epochs = 0.0
+  config.schedule.warmup_steps = 0           # linear warmup; total = steps + epochs * steps/epoch
+  config.schedule.warmup_epochs = 0.32       # = MMDet's 1000 iterations on MOT17 train_80
   config.schedule.warmup_factor = 1e-3       # warmup starts at lr * warmup_factor
-  config.schedule.decay_epochs = (5.0,)      # multistep: lr *= decay_factor after each
+  config.schedule.decay_epochs = (5.0,)      # multistep: lr *= decay_factor after each (after
+                                             # the warmup, or train.py refuses the config)
   config.schedule.decay_factor = 0.1
 
   # ---- Evaluation ----

@@ -29,6 +29,7 @@ def get_config():
   config.optimizer.decay_bn_and_bias = False
   config.schedule.name = 'cosine'
   config.schedule.warmup_steps = 50
+  config.schedule.warmup_epochs = 0.0
   config.schedule.warmup_factor = 0.1
   config.eval.batch_size = 256
   config.eval.normalize = True
