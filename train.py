@@ -231,8 +231,15 @@ def read_eval_lists(config: ml_collections.ConfigDict) -> dict[str, input_pipeli
   names = {'query': config.data.query_list, 'gallery': config.data.gallery_list}
   if not config.data.query_list:
     names = {'val': config.data.val_list} if config.data.val_list else {}
-  return {name: input_pipeline.read_filelist(os.path.join(config.data.root, path), image_root)
-          for name, path in names.items()}
+  lists = {name: input_pipeline.read_filelist(os.path.join(config.data.root, path), image_root)
+           for name, path in names.items()}
+  for name in ('query', 'gallery') if 'query' in lists else ():
+    no_camera = metrics.market_cameras(lists[name].paths)[1]
+    if no_camera is not None:
+      logging.warning('%s has no <id>_c<camera> file name: query/gallery evaluation runs without '
+                      "Market-1501's camera filter", no_camera)
+      break
+  return lists
 
 
 def evaluate(embed_fn: Callable, variables: Any, lists: dict[str, input_pipeline.FileList],

@@ -5,8 +5,8 @@ training list. Change only paths (and, if you like, the recipe below).
 
 The recipe is configs/default.py: MMDet's, whose epoch is one 32-image sample per training line,
 with its warmup in epochs so it scales with the data. A 50-identity / 2,000-image set gets 250
-steps per epoch of 256 images (P64 x K4, so the training list needs at least 64 identities; lower
-config.batch_size otherwise), an 80-step warmup, the decay at step 1,250 and 1,500 steps in all.
+steps per epoch of 256 images (P64 x K4; with fewer than 64 identities a batch repeats some, as
+MMDet's sampler does), an 80-step warmup, the decay at step 1,250 and 1,500 steps in all.
 """
 
 from configs import default

@@ -2,8 +2,10 @@
 
 import glob
 import importlib
+import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,7 +31,8 @@ EXPECTED = {
        for name in ('default', 'custom_filelist', 'mot17')
        for data, (_, images) in DATASETS.items()},
     # BoT: 'images' epoch, 64 a step; 120 epochs.
-    **{('mot17_bot', data): (math.ceil(images / 64), 120 * math.ceil(images / 64))
+    **{(name, data): (math.ceil(images / 64), 120 * math.ceil(images / 64))
+       for name in ('mot17_bot', 'market1501_bot')
        for data, (_, images) in DATASETS.items()},
     # The demo: 'identities' epoch, P = 16; 80 epochs.
     **{('synthetic', data): (math.ceil(ids / 16), 80 * math.ceil(ids / 16))
@@ -83,8 +86,9 @@ def test_mmdet_style_configs_train_as_long_as_mmdet_on_mot17(name):
   assert abs(train.warmup_steps(config, epoch_steps) - 1000) <= 10
 
 
-def test_bot_config_does_what_bots_code_does():
-  config = load('mot17_bot')
+@pytest.mark.parametrize('name', ['mot17_bot', 'market1501_bot'])
+def test_bot_configs_do_what_bots_code_does(name):
+  config = load(name)
   assert config.optimizer.decay_bn_and_bias  # BoT decays biases too (WEIGHT_DECAY_BIAS 5e-4)
   assert (config.optimizer.name, config.optimizer.lr, config.optimizer.weight_decay) == (
       'adam', 3.5e-4, 5e-4)
@@ -146,3 +150,87 @@ def test_custom_filelist_trains_evaluates_and_checkpoints(tmp_path, filelist_roo
   assert os.listdir(workdir / 'checkpoints') == ['2']
   metrics_lines = (workdir / 'metrics.jsonl').read_text().splitlines()
   assert '"split": "val"' in metrics_lines[-1]
+
+
+# ---- BoT on Market-1501: convert, train with query/gallery evaluation, evaluate ----
+
+
+@pytest.fixture(scope='module')
+def market_folder(tmp_path_factory):
+  """A Market-1501-layout folder made from synthetic crops, the person and camera in every name.
+
+  Training persons come from the converted train list, query/gallery persons (numbered from 101)
+  from the val list; the camera alternates every 5 frames (two cameras), and each person's first
+  camera-1 image is its query.
+  """
+  import convert_mot17
+  import synthetic_mot
+
+  base = tmp_path_factory.mktemp('market')
+  synthetic_mot.render_dataset(str(base / 'MOT'), seed=2, num_sequences=2, num_frames=40,
+                               num_people=10, width=320, height=180, num_workers=2)
+  convert_mot17.convert(str(base / 'MOT'), str(base / 'reid'), val_split=0.2, num_workers=2)
+  market = base / 'Market-1501-v15.09.15'
+  for folder in ('bounding_box_train', 'query', 'bounding_box_test'):
+    (market / folder).mkdir(parents=True)
+  for split, folder, first in (('train_80', 'bounding_box_train', 1),
+                               ('val_20', 'bounding_box_test', 101)):
+    queried = set()
+    for line in (base / 'reid' / 'meta' / f'{split}.txt').read_text().splitlines():
+      path, label = line.split()
+      frame = int(os.path.splitext(os.path.basename(path))[0])
+      person, camera = int(label) + first, 1 + (frame // 5) % 2
+      target = folder
+      if folder == 'bounding_box_test' and camera == 1 and person not in queried:
+        queried.add(person)
+        target = 'query'
+      shutil.copy(base / 'reid' / 'imgs' / path,
+                  market / target / f'{person:04d}_c{camera}s1_{frame:06d}_00.jpg')
+  return market
+
+
+def test_market1501_bot_scores_query_gallery_as_evaluate_does(tmp_path, market_folder):
+  from test_evaluate_cli import numpy_ap, run_flags
+
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  convert = subprocess.run([sys.executable, 'convert_market1501.py',
+                            f'--input_dir={market_folder}'], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+  assert convert.returncode == 0, convert.stderr[-3000:]
+  root = market_folder / 'reid'
+  workdir = tmp_path / 'market'
+  overrides = {'data.root': root, 'model.depth': 18, 'model.width': 8,
+               'data.image_size': '(32,16)', 'num_train_steps': 2}
+  proc = subprocess.run(
+      [sys.executable, 'train.py', '--config=configs/market1501_bot.py', f'--workdir={workdir}',
+       *(f'--config.{k}={v}' for k, v in overrides.items())],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'camera filter' not in proc.stderr  # every name has its camera
+  val = [json.loads(x) for x in (workdir / 'metrics.jsonl').read_text().splitlines()
+         if '"split": "val"' in x]
+  assert val[-1]['step'] == 2  # the end of the run is always evaluated
+
+  lists = {name: str(root / 'meta' / f'{name}.txt') for name in ('query', 'gallery')}
+  table = run_flags(str(workdir), '--checkpoint=latest', f'--query_list={lists["query"]}',
+                    f'--gallery_list={lists["gallery"]}')
+  assert f"{100 * val[-1]['mAP']:.2f}" in table
+  name = next(n for n in os.listdir(workdir) if n.startswith('eval_query_vs_gallery'))
+  evaluated = json.loads((workdir / name).read_text())
+  assert evaluated['step'] == 2 and evaluated['camera_filter']
+  for key in ('mAP', 'R1', 'R5', 'mINP', 'num_queries', 'num_gallery'):
+    assert evaluated['metrics'][key] == pytest.approx(val[-1][key], abs=1e-6), key
+
+  # The NumPy reference on the embeddings file of the same checkpoint.
+  x = {}
+  for split, path in lists.items():
+    out = str(tmp_path / f'{split}.npz')
+    run_flags(str(workdir), '--mode=embed', '--checkpoint=latest', f'--list={path}',
+              f'--output={out}')
+    with np.load(out) as f:
+      x[split] = {k: f[k] for k in f}
+  cams = {s: np.array([int(re.search(r'_c(\d+)', str(p)).group(1)) for p in x[s]['paths']])
+          for s in x}
+  aps = numpy_ap(x['query']['embeddings'], x['query']['labels'], x['gallery']['embeddings'],
+                 x['gallery']['labels'], cams['query'], cams['gallery'])
+  assert val[-1]['mAP'] == pytest.approx(np.nanmean(aps), abs=1e-5)
