@@ -422,3 +422,88 @@ def format_metrics(metrics: dict[str, float]) -> str:
   if 'gap_mAP' in metrics:
     text += ' | frame-gap: ' + ' '.join(f'{k} {100 * metrics["gap_" + k]:.1f}' for k in keys)
   return text
+
+
+# ---- Appearance-distance calibration for trackers ----
+
+CALIBRATION_PERCENTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99)
+
+
+def appearance_distances(features: np.ndarray, identities: Sequence[str], sequences: Sequence[str],
+                         frames: Sequence[int], gap: int = 1) -> tuple[np.ndarray, np.ndarray]:
+  """Cosine distances a tracker's appearance gate sees: (same track, nearest other person).
+
+  same track: every pair of one identity's crops exactly `gap` frames apart. nearest other: for
+  every crop, the smallest distance to a crop of another identity of its sequence within +-`gap`
+  frames (crops with no such neighbour give none). Features are L2-normalised here.
+  """
+  if gap < 1:
+    raise ValueError(f'gap must be >= 1, got {gap}')
+  x = _features(features, 'features').astype(np.float64)
+  x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  identities = np.asarray(_column(identities, len(x), 'identities'), dtype=str)
+  sequences = np.asarray(_column(sequences, len(x), 'sequences'), dtype=str)
+  frames = np.asarray(_column(frames, len(x), 'frames'), dtype=np.int64)
+
+  # Same track: look each crop's (identity, frame + gap) up among all (identity, frame) keys.
+  _, identity_ids = np.unique(identities, return_inverse=True)
+  keys = identity_ids.astype(np.int64) * (int(frames.max()) + gap + 1) + frames
+  order = np.argsort(keys, kind='stable')
+  wanted = keys + gap
+  at = np.minimum(np.searchsorted(keys[order], wanted), len(keys) - 1)
+  found = keys[order][at] == wanted
+  first, second = np.nonzero(found)[0], order[at[found]]
+  same = 1.0 - np.einsum('ij,ij->i', x[first], x[second])
+
+  # Nearest other identity: per sequence and frame, against the crops of the window.
+  nearest = []
+  for sequence in np.unique(sequences):
+    rows = np.nonzero(sequences == sequence)[0]
+    for frame in np.unique(frames[rows]):
+      query = rows[frames[rows] == frame]
+      window = rows[np.abs(frames[rows] - frame) <= gap]
+      dist = 1.0 - x[query] @ x[window].T
+      dist[identities[query][:, None] == identities[window][None, :]] = np.inf
+      best = dist.min(axis=1)
+      nearest.append(best[np.isfinite(best)])
+  nearest = np.concatenate(nearest) if nearest else np.zeros(0)
+  return same.astype(np.float64), nearest.astype(np.float64)
+
+
+def separating_gate(same: np.ndarray, other: np.ndarray) -> float:
+  """The distance threshold with the lowest balanced error: same-track pairs above it count as
+  misses, nearest-other pairs at or below it as false matches (each as a fraction of its kind)."""
+  same, other = np.sort(np.asarray(same, np.float64)), np.sort(np.asarray(other, np.float64))
+  if not len(same) or not len(other):
+    raise ValueError('separating_gate needs at least one distance of each kind')
+  # Candidates: midpoints between consecutive distinct values of both kinds, and both ends.
+  values = np.unique(np.concatenate([same, other]))
+  candidates = np.concatenate([[values[0] - 1e-6], (values[1:] + values[:-1]) / 2,
+                               [values[-1] + 1e-6]])
+  missed = 1.0 - np.searchsorted(same, candidates, side='right') / len(same)
+  false = np.searchsorted(other, candidates, side='right') / len(other)
+  return float(candidates[np.argmin(missed + false)])
+
+
+def appearance_distance_percentiles(features: np.ndarray, identities: Sequence[str],
+                                    sequences: Sequence[str], frames: Sequence[int], gap: int = 1,
+                                    percentiles: Sequence[float] = CALIBRATION_PERCENTILES
+                                    ) -> dict[str, object]:
+  """Percentiles of both appearance_distances kinds, the separating gate and its error rates."""
+  same, other = appearance_distances(features, identities, sequences, frames, gap)
+  if not len(same) or not len(other):
+    raise ValueError(f'no crop pairs {gap} frame(s) apart' if not len(same)
+                     else f'no other person within {gap} frame(s) of any crop')
+  gate = separating_gate(same, other)
+
+  def table(d):
+    return {f'p{q:g}': float(v) for q, v in zip(percentiles, np.percentile(d, percentiles),
+                                                strict=True)}
+  return {
+      'gap_frames': gap,
+      'same_track': {'count': len(same), **table(same)},
+      'nearest_other': {'count': len(other), **table(other)},
+      'gate': gate,
+      'same_track_above_gate': float(np.mean(same > gate)),
+      'nearest_other_at_or_below_gate': float(np.mean(other <= gate)),
+  }

@@ -276,3 +276,67 @@ def test_path_metadata():
   assert meta['identity'].tolist() == ['MOT17-02-FRCNN_000009', 'person1', 'cam_a', '']
   assert meta['sequence'].tolist() == ['MOT17-02-FRCNN', 'person1', 'cam_a', '']
   assert meta['frame'].tolist() == [81, 0, -1, -1] and meta['frame'].dtype == np.int64
+
+
+# ---- Appearance-distance calibration against brute force ----
+
+
+def _brute_force_distances(x, identities, sequences, frames, gap):
+  """Every pair checked in plain Python loops."""
+  x = x / np.linalg.norm(x, axis=1, keepdims=True)
+  same, other = [], []
+  for i in range(len(x)):
+    for j in range(len(x)):
+      if identities[i] == identities[j] and frames[j] - frames[i] == gap:
+        same.append(1 - x[i] @ x[j])
+    candidates = [1 - x[i] @ x[j] for j in range(len(x))
+                  if sequences[j] == sequences[i] and identities[j] != identities[i]
+                  and abs(frames[j] - frames[i]) <= gap]
+    if candidates:
+      other.append(min(candidates))
+  return np.array(same), np.array(other)
+
+
+@pytest.mark.parametrize('gap', [1, 3])
+def test_appearance_distance_percentiles_match_brute_force(gap):
+  rng = np.random.default_rng(gap)
+  rows = []
+  for seq in ('S1', 'S2'):
+    for person in range(4):
+      # Tracks with holes (missing frames), identity numbers reused across sequences.
+      for frame in sorted(rng.choice(np.arange(1, 15), size=9, replace=False)):
+        rows.append((f'{seq}_{person:06d}', seq, int(frame)))
+  identities, sequences, frames = (np.array(c) for c in zip(*rows, strict=True))
+  centres = rng.standard_normal((8, 6))
+  x = centres[np.unique(identities, return_inverse=True)[1]] + 0.5 * rng.standard_normal(
+      (len(rows), 6))
+
+  same, other = metrics.appearance_distances(x, identities, sequences, frames, gap)
+  ref_same, ref_other = _brute_force_distances(x, identities, sequences, frames, gap)
+  np.testing.assert_allclose(np.sort(same), np.sort(ref_same), atol=1e-6)
+  np.testing.assert_allclose(np.sort(other), np.sort(ref_other), atol=1e-6)
+  assert len(ref_same) > 10 and len(ref_other) == len(rows)
+
+  result = metrics.appearance_distance_percentiles(x, identities, sequences, frames, gap)
+  for kind, ref in (('same_track', ref_same), ('nearest_other', ref_other)):
+    assert result[kind]['count'] == len(ref)
+    for q in metrics.CALIBRATION_PERCENTILES:
+      assert result[kind][f'p{q}'] == pytest.approx(np.percentile(ref, q), abs=1e-6)
+  # The gate's balanced error is the smallest over every threshold a brute force tries.
+  def balanced_error(t):
+    return np.mean(ref_same > t) + np.mean(ref_other <= t)
+  grid = np.concatenate([ref_same, ref_other, [-1.0, 3.0]])
+  assert balanced_error(result['gate']) == pytest.approx(min(map(balanced_error, grid)), abs=1e-9)
+  assert result['same_track_above_gate'] == pytest.approx(np.mean(ref_same > result['gate']))
+  assert result['nearest_other_at_or_below_gate'] == pytest.approx(
+      np.mean(ref_other <= result['gate']))
+
+
+def test_separating_gate_hand_computed():
+  # Same-track 0.1, 0.2, 0.3; nearest other 0.5, 0.6: any gate in [0.3, 0.5) separates; the
+  # midpoint 0.4 is chosen. With a same-track 0.55 among 3 and a nearest other 0.5 among 4,
+  # letting 0.5 through (error 1/4) beats missing 0.55 (error 1/3): the gate is (0.55 + 0.6) / 2.
+  assert metrics.separating_gate([0.1, 0.2, 0.3], [0.5, 0.6]) == pytest.approx(0.4)
+  assert metrics.separating_gate([0.1, 0.2, 0.55], [0.5, 0.6, 0.7, 0.8]) == pytest.approx(0.575)
+  with pytest.raises(ValueError, match='no crop pairs'):
+    metrics.appearance_distance_percentiles(np.eye(2), ['a', 'b'], ['s', 's'], [1, 1])
