@@ -84,8 +84,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 # ---- Checkpoints ----
 
 
-class QuietOrbax(std_logging.Filter):
-  """Drops orbax's log records below `level` (per-save progress, read-only notices)."""
+class QuietLogs(std_logging.Filter):
+  """Drops orbax's records below `level` and JAX's start-up backend notices."""
 
   # Logged for every save without val metrics, i.e. every save between evaluations: expected.
   EXPECTED = 'did not provide metrics'
@@ -95,6 +95,8 @@ class QuietOrbax(std_logging.Filter):
     self.level = level
 
   def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.name == 'jax._src.xla_bridge':  # "Unable to initialize backend 'tpu'" (INFO)
+      return record.levelno >= std_logging.WARNING
     if f'{os.sep}orbax{os.sep}' not in record.pathname:
       return True
     return record.levelno >= self.level and self.EXPECTED not in record.getMessage()

@@ -473,7 +473,7 @@ def run(fv: flags.FlagValues) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(checkpoints.QuietOrbax())
+  logging.get_absl_handler().addFilter(checkpoints.QuietLogs())
   try:
     print(run(FLAGS))
   except (ValueError, OSError) as e:

@@ -500,7 +500,7 @@ def main(argv):
     raise app.UsageError('--workdir is required')
   if FLAGS.config is None:
     raise app.UsageError('--config is required, e.g. --config=configs/mot17.py')
-  logging.get_absl_handler().addFilter(checkpoints.QuietOrbax(std_logging.WARNING))
+  logging.get_absl_handler().addFilter(checkpoints.QuietLogs(std_logging.WARNING))
   initialize_distributed()
   if jax.process_index() > 0:  # one log for the whole job: process 0's
     logging.set_verbosity(logging.WARNING)

@@ -1,6 +1,7 @@
 """Tests for checkpoints.py: the workdir's files, checkpoint scoring and atomic writes."""
 
 import json
+import logging
 import os
 
 import numpy as np
@@ -14,6 +15,21 @@ def test_checkpoint_score_ranks_nan_last():
   assert checkpoints.checkpoint_score({'mAP': 0.5}) == 0.5
   assert checkpoints.checkpoint_score({'mAP': float('nan')}) == -np.inf  # last, not random
   assert checkpoints.checkpoint_score({}) == -np.inf
+
+
+def test_quiet_logs_drops_orbax_chatter_and_the_tpu_notice():
+  quiet = checkpoints.QuietLogs(logging.WARNING)
+
+  def record(name, level, pathname='x.py', msg='m'):
+    return logging.LogRecord(name, level, pathname, 1, msg, None, None)
+  orbax = os.path.join(os.sep, 'site-packages', 'orbax', 'checkpoint', 'manager.py')
+  assert not quiet.filter(record('jax._src.xla_bridge', logging.INFO,
+                                 msg="Unable to initialize backend 'tpu'"))
+  assert quiet.filter(record('jax._src.xla_bridge', logging.WARNING))  # e.g. no CUDA jaxlib
+  assert not quiet.filter(record('absl', logging.INFO, orbax))
+  assert quiet.filter(record('absl', logging.WARNING, orbax))
+  assert not quiet.filter(record('absl', logging.WARNING, orbax, 'did not provide metrics'))
+  assert quiet.filter(record('absl', logging.INFO))  # our own progress lines stay
 
 
 def test_resume_drops_metrics_lines_after_the_checkpoint(tmp_path):
