@@ -362,7 +362,7 @@ def _read_state_dict(path: str) -> dict[str, np.ndarray]:
   if READERS[extension] is _read_torch and importlib.util.find_spec('torch') is None:
     raise ValueError(
         f'{path}: reading .pth/.pt needs PyTorch, which is optional and not installed; install '
-        'torch or convert the file to .safetensors on a machine that has it (see README)')
+        'torch or convert the file to .safetensors on a machine that has it (docs/training.md)')
   try:
     return READERS[extension](path)
   except Exception as e:  # a corrupt or foreign file: say which file, not a traceback

@@ -392,7 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                train_data.num_images, num_classes, total_steps, config.batch_size, epoch_steps)
   if config.model.width == 64 and not config.model.init_from:  # a torchvision-sized ResNet
     logging.warning('config.model.init_from is empty: training ResNet-%d from random weights; '
-                    "the recipe's numbers assume ImageNet weights (README: Pretrained weights)",
+                    "the recipe's numbers assume ImageNet weights (docs/training.md)",
                     config.model.depth)
 
   mesh = create_mesh()

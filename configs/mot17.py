@@ -10,7 +10,7 @@ per epoch, 18,750 in all, decay at step 15,625.
 
 Deliberate differences: identities are P-sampled per epoch order instead of MMDet's random anchors,
 and the triplet loss mines over all 256 images instead of each GPU's 32. MMDet starts from
-ImageNet weights: set config.model.init_from (README: Pretrained weights).
+ImageNet weights: set config.model.init_from (docs/training.md: ImageNet weights).
 """
 
 from configs import default
@@ -28,6 +28,6 @@ def get_config():
   config.schedule.warmup_steps = 1000   # MMDet's LinearLR(end=1000, by_epoch=False)
   config.schedule.warmup_epochs = 0.0
   config.schedule.decay_epochs = (5.0,)
-  config.model.init_from = ''  # set to your ImageNet ResNet-50 file, see README
+  config.model.init_from = ''  # your ImageNet ResNet-50 file, docs/training.md
   config.checkpoint_every_steps = 1000
   return config

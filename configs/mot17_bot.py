@@ -13,7 +13,7 @@ images): 391 steps per epoch, 46,920 in all, warmup 3,910 steps, decays at 15,64
 
 Deliberate differences: batches come from our P x K stream (BoT's sampler only sets the epoch
 length here), and the warmup ramps every step where BoT's WarmupMultiStepLR steps once per epoch.
-BoT starts from ImageNet weights: set config.model.init_from (README: Pretrained weights).
+BoT starts from ImageNet weights: set config.model.init_from (docs/training.md: ImageNet weights).
 """
 
 from configs import default
