@@ -143,8 +143,6 @@ def class_ids(labels: np.ndarray, num_classes: int | None = None, *,
 
 def steps_per_epoch(num_identities: int, p: int) -> int:
   """Global steps per epoch: every identity once, P per step, last step topped up."""
-  if p < 1:
-    raise ValueError(f"P must be >= 1, got {p}")
   return math.ceil(num_identities / p)
 
 
@@ -161,8 +159,6 @@ def _pk_rows(groups: tuple[np.ndarray, np.ndarray, np.ndarray], p: int, k: int, 
   """`pk_indices` on precomputed identity groups (see there)."""
   order, starts, counts = groups
   num_ids = len(starts)
-  if seed < 0 or step < 0:
-    raise ValueError(f"seed and step must be >= 0, got seed={seed} step={step}")
   epoch, position = divmod(step, steps_per_epoch(num_ids, p))
   # Distinct tags (0, 1) keep the epoch stream and the per-step stream independent.
   visit_order = np.random.default_rng([seed, 0, epoch]).permutation(num_ids)
@@ -188,8 +184,6 @@ def pk_indices(identity_ids: np.ndarray, *, p: int, k: int, seed: int, step: int
   (seed, step)).
   A pure function of (identity_ids, p, k, seed, step): resuming at a step replays the same batches.
   """
-  if k < 1:
-    raise ValueError(f"K must be >= 1, got {k}")
   return _pk_rows(_group_rows(identity_ids), p, k, seed, step)
 
 
@@ -357,17 +351,7 @@ def train_batches(data: FileList, *, p: int, k: int, image_size: tuple[int, int]
   batches are drawn). Indices and augmentations depend only on (seed, step, row in the global
   batch), so a run resumed at start_step=s sees exactly the pixels an uninterrupted run sees.
   """
-  ids, num_ids = class_ids(data.labels, num_classes, source=data.source)
-  if k < 1 or p < 1:
-    raise ValueError(f"P and K must be >= 1, got P={p} K={k}")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process index {process_index} not in [0, {process_count})")
-  if p % process_count:
-    raise ValueError(f"P={p} is not divisible by the process count {process_count}")
-  if seed < 0 or start_step < 0:
-    raise ValueError(f"seed and start_step must be >= 0, got seed={seed} start_step={start_step}")
-  if augment.pad >= min(image_size):
-    raise ValueError(f"augment pad {augment.pad} must be smaller than the image size {image_size}")
+  ids, _ = class_ids(data.labels, num_classes, source=data.source)
   groups = _group_rows(ids)
   local_batch = p // process_count * k
   row_offset = process_index * local_batch
@@ -413,13 +397,8 @@ def eval_batches(data: FileList, *, batch_size: int, image_size: tuple[int, int]
   Yields {'image': uint8 [B/pc, H, W, 3], 'label': int32 raw label, 'index': int32 filelist row,
   'mask': bool}; padding rows are zero images with label -1, index -1 and mask False. Process i
   gets rows [b*B + i*B/pc, b*B + (i+1)*B/pc) of global batch b, so concatenating the processes'
-  batches in process order gives the global batch.
+  batches in process order gives the global batch; batch_size is a multiple of process_count.
   """
-  if batch_size < 1 or batch_size % process_count:
-    raise ValueError(f"eval batch size {batch_size} must be a positive multiple of the process "
-                     f"count {process_count}")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process index {process_index} not in [0, {process_count})")
   local_batch = batch_size // process_count
   num_batches = num_eval_batches(data.num_images, batch_size)
   global_rows = np.full(num_batches * batch_size, -1, np.int32)

@@ -87,10 +87,6 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-    if self.depth not in RESNET_LAYOUTS:
-      raise ValueError(f'depth must be one of {sorted(RESNET_LAYOUTS)}, got {self.depth}')
-    if self.last_stride not in (1, 2):
-      raise ValueError(f'last_stride must be 1 or 2, got {self.last_stride}')
     kind, blocks_per_stage = RESNET_LAYOUTS[self.depth]
     x = images.astype(self.dtype)
     x = _conv(self.width, 7, 2, self.dtype, 'conv1')(x)
@@ -191,10 +187,6 @@ class ReIDModel(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, train: bool = False) -> ReIDOutput:
     """images: float NHWC, ImageNet-normalised RGB, any size; heads run in float32."""
-    if self.head not in HEADS:
-      raise ValueError(f'head must be one of {HEADS}, got {self.head!r}')
-    if self.pooling not in POOLINGS:
-      raise ValueError(f'pooling must be one of {POOLINGS}, got {self.pooling!r}')
     features = ResNet(self.depth, self.width, self.last_stride, self.dtype, name='backbone')(
         images, train)
     # Global pooling (not MMDet's fixed 8x4 kernel), so any input size works.

@@ -287,9 +287,9 @@ def check_config(config: ml_collections.ConfigDict):
       value = value[part]
     if value < 1:
       raise ValueError(f'config.{name}={value} must be at least 1')
-  if config.eval.every_steps < 0 or config.num_train_steps < 0:
-    raise ValueError('config.eval.every_steps and config.num_train_steps must be >= 0 '
-                     '(0: once per epoch / from num_epochs)')
+  if config.eval.every_steps < 0 or config.num_train_steps < 0 or config.seed < 0:
+    raise ValueError('config.eval.every_steps, config.num_train_steps and config.seed must be '
+                     '>= 0 (0: once per epoch / from num_epochs)')
   if config.batch_size % config.data.k:
     raise ValueError(f'config.batch_size={config.batch_size} is not a multiple of '
                      f'config.data.k={config.data.k}')
@@ -304,6 +304,10 @@ def check_config(config: ml_collections.ConfigDict):
       raise ValueError(f'config.{name}={size} is not divisible by the {n} devices')
   if bool(config.data.query_list) != bool(config.data.gallery_list):
     raise ValueError('config.data.query_list and config.data.gallery_list go together')
+  augment = input_pipeline.Augment(**config.data.augment.to_dict())  # raises on bad values
+  if augment.pad >= min(config.data.image_size):
+    raise ValueError(f'config.data.augment.pad={augment.pad} must be smaller than '
+                     f'config.data.image_size={tuple(config.data.image_size)}')
 
 
 def check_run(config: ml_collections.ConfigDict, num_identities: int, epoch_steps: int,

@@ -240,14 +240,9 @@ def test_train_batches_processes_reassemble_global_batch(dataset):
 
 
 def test_train_batches_errors(dataset):
-  with pytest.raises(ValueError, match="P=4 is not divisible by the process count 3"):
-    _train(dataset, process_count=3)
+  # P/K, process split and pad are checked once, by train.check_config (tests/test_train.py).
   with pytest.raises(ValueError, match="num_classes is 380 but the list has 8"):
     _train(dataset, num_classes=380)
-  with pytest.raises(ValueError, match=r"process index 2 not in \[0, 2\)"):
-    _train(dataset, process_index=2, process_count=2)
-  with pytest.raises(ValueError, match="pad 8 must be smaller than the image size"):
-    _train(dataset, augment=ip.Augment(pad=8))
 
 
 # ---- Augmentations: each changes what it should and nothing else ----
@@ -426,12 +421,6 @@ def test_eval_batches_cover_every_image_once(dataset, batch_size, process_count)
   assert (merged["image"][~mask] == 0).all()
   identity = (merged["label"][mask] - 100) // 7
   np.testing.assert_array_equal(merged["image"][mask][:, 0, -1, 0], 30 * identity + 10)
-
-
-def test_eval_batches_rejects_uneven_process_split(dataset):
-  with pytest.raises(ValueError, match="eval batch size 6 must be a positive multiple of the "
-                                       "process count 4"):
-    ip.eval_batches(dataset, batch_size=6, image_size=SIZE, process_count=4)
 
 
 # ---- Device side ----

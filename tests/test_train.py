@@ -135,12 +135,25 @@ def test_mmdet_epoch_is_one_32_image_sample_per_line():
 
 @pytest.mark.parametrize('key, value', [('log_every_steps', 0), ('checkpoint_every_steps', 0),
                                         ('keep_checkpoints', 0), ('data.k', 0),
-                                        ('batch_size', 30)])
+                                        ('batch_size', 30),  # not a multiple of K = 4
+                                        ('eval.batch_size', 30),  # nor of the 4 devices
+                                        ('seed', -1), ('data.augment.pad', 16)])
 def test_check_config_rejects_values_that_would_fail_later(key, value):
-  config = tiny_config()
+  config = tiny_config()  # 32x16 images: a pad of 16 leaves nothing to crop
   section, _, name = key.rpartition('.')
   (config[section] if section else config)[name] = value
   with pytest.raises(ValueError, match=f'config.{key.split(".")[-1]}|config.{key}'):
+    train.check_config(config)
+
+
+def test_check_config_needs_p_divisible_by_the_processes(monkeypatch):
+  config = tiny_config()  # P = 16 / 4 = 4
+  monkeypatch.setattr(jax, 'process_count', lambda: 3)
+  with pytest.raises(ValueError, match=r'P = config.batch_size / config.data.k = 4 .* 3 processes'):
+    train.check_config(config)
+  config.data.augment.erasing_prob = 1.5  # the augment settings are checked here too
+  monkeypatch.setattr(jax, 'process_count', lambda: 1)
+  with pytest.raises(ValueError, match='erasing_prob must be in'):
     train.check_config(config)
 
 
