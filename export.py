@@ -4,8 +4,16 @@
         [--normalize=true] [--opset=17] [--overwrite]
 
 The graph takes `images` (N x 3 x H x W float32, RGB, ImageNet-normalised, N dynamic) and returns
-`output` (N x D float32, L2-normalised unless --normalize=false). A sidecar `reid.json` next to it
-records the preprocessing, the embedding size and where the weights came from.
+`output` (N x D float32, L2-normalised unless --normalize=false). Two sidecars go next to it:
+`reid.json` records the preprocessing, the embedding size, where the weights came from and the
+appearance-distance calibration; `reid.onnx.metadata.json` is the one BoxMOT reads (its crop size:
+without it BoxMOT's OpenCV-DNN backend feeds 256x128 crops to any model, silently).
+
+Calibration (--calibrate, on by default): the val list's crops are embedded, and the cosine
+distances a tracker's appearance gate sees are summarised: same-track pairs --calibration_gap
+frames apart, and each crop's nearest other person within that many frames. The threshold that
+separates them best (metrics.separating_gate) is printed as the gate for StrongSort's
+`max_cos_dist` and BotSort's `appearance_thresh`; track.py measures what it does to tracking.
 
 The graph is written directly from the Flax variables with the `onnx` helpers, mirroring
 models.ReIDModel op for op with every BatchNorm folded into the conv or dense before it. (jax2tf
@@ -14,6 +22,7 @@ older than ours.) Before anything is written, onnxruntime runs the graph against
 random images, so an export that drifts from models.py fails instead of shipping.
 """
 
+import dataclasses
 import json
 import os
 import sys
@@ -28,6 +37,8 @@ from absl import app, flags, logging
 from onnx import TensorProto, helper, numpy_helper
 
 import checkpoints
+import input_pipeline
+import metrics
 import models
 
 INPUT_NAME = 'images'
@@ -36,6 +47,10 @@ MIN_OPSET = 12
 BN_EPSILON = 1e-5     # models._batch_norm and models._head_batch_norm
 NORM_EPSILON = 1e-12  # models.l2_normalize
 PARITY_ATOL = 1e-4    # on L2-normalised features; raw features are compared relative to their scale
+# BoxMOT's ReID artifact sidecar (boxmot/reid/core/artifacts.py, BoxMOT 25.0.0): with these schema
+# versions set it rejects unknown model_kwargs keys, so img_size is the only one written.
+BOXMOT_SCHEMA_VERSION = 1
+BOXMOT_MODEL_KWARGS_SCHEMA_VERSION = 1
 
 # ---- Graph building ----
 
@@ -217,12 +232,96 @@ def parity_error(onnx_model: onnx.ModelProto, model: models.ReIDModel, variables
   return float(np.max(np.abs(actual - expected)) / max(1.0, float(np.max(np.abs(expected)))))
 
 
+# ---- Appearance-distance calibration ----
+
+
+def val_crops(config: ml_collections.ConfigDict, max_images: int) -> input_pipeline.FileList:
+  """The val list's `<SEQ>_<id>/<frame>.jpg` crops of the earliest frames, whole frames only,
+  at most `max_images` (every person of those frames stays, so nearest-other distances are real)."""
+  if not config.data.val_list:
+    raise ValueError('the config has no val list (config.data.val_list)')
+  list_path = os.path.join(config.data.root, config.data.val_list)
+  data = input_pipeline.read_filelist(list_path,
+                                      os.path.join(config.data.root, config.data.image_dir))
+  frames = metrics.path_metadata(data.paths)['frame']
+  if (frames < 0).any():
+    bad = data.paths[int(np.argmax(frames < 0))]
+    raise ValueError(f'{list_path}: {bad} is not <SEQ>_<id>/<frame>.jpg (no frame numbers)')
+  keep = np.ones(len(frames), bool)
+  if len(frames) > max_images:
+    cutoff = np.sort(frames)[max_images]  # frames before the one that would overflow
+    keep = frames < cutoff
+  rows = np.nonzero(keep)[0]
+  return dataclasses.replace(data, paths=tuple(data.paths[i] for i in rows),
+                             labels=data.labels[rows], lines=data.lines[rows])
+
+
+def embed_crops(config: ml_collections.ConfigDict, model: models.ReIDModel,
+                variables: dict[str, Any], data: input_pipeline.FileList) -> np.ndarray:
+  """(N, D) L2-normalised float32 test embeddings of a list, resized as in evaluation."""
+  model = model.clone(dtype=jnp.float32)  # what the export computes
+  embed = jax.jit(lambda v, images: models.embed(model, v, images, normalize=True))
+  batch_size = min(int(config.eval.batch_size), max(8, data.num_images))
+  out = np.zeros((data.num_images, 0), np.float32)
+  for batch in input_pipeline.eval_batches(data, batch_size=batch_size,
+                                           image_size=tuple(config.data.image_size)):
+    features = np.asarray(embed(variables, batch['image']))
+    if not out.shape[1]:
+      out = np.zeros((data.num_images, features.shape[1]), np.float32)
+    out[batch['index'][batch['mask']]] = features[batch['mask']]
+  return out
+
+
+def calibrate(config: ml_collections.ConfigDict, model: models.ReIDModel,
+              variables: dict[str, Any], *, gap: int = 1,
+              max_images: int = 20000) -> dict[str, Any]:
+  """metrics.appearance_distance_percentiles on the val crops, and which crops were used."""
+  data = val_crops(config, max_images)
+  meta = metrics.path_metadata(data.paths)
+  result = metrics.appearance_distance_percentiles(
+      embed_crops(config, model, variables, data), meta['identity'], meta['sequence'],
+      meta['frame'], gap)
+  result['source'] = {'list': os.path.abspath(data.source), 'crops': data.num_images,
+                      'identities': len(set(meta['identity'])),
+                      'last_frame': int(meta['frame'].max())}
+  return result
+
+
+def format_calibration(result: dict[str, Any]) -> str:
+  """Two lines for the terminal: the gate and the distributions it separates."""
+  same, other = result['same_track'], result['nearest_other']
+  return (f"appearance gate {result['gate']:.2f} (cosine distance: StrongSort max_cos_dist, "
+          f"BotSort appearance_thresh); above it {100 * result['same_track_above_gate']:.1f}% of "
+          f"same-track pairs, at or below it {100 * result['nearest_other_at_or_below_gate']:.1f}%"
+          f" of nearest others\n  same track {result['gap_frames']} frame(s) apart: "
+          f"p50 {same['p50']:.3f} p90 {same['p90']:.3f} p99 {same['p99']:.3f} ({same['count']}); "
+          f"nearest other person within {result['gap_frames']}: p1 {other['p1']:.3f} "
+          f"p10 {other['p10']:.3f} p50 {other['p50']:.3f} ({other['count']})")
+
+
 # ---- Exporting a workdir ----
 
 
 def sidecar_path(output: str) -> str:
   """reid.onnx -> reid.json."""
   return os.path.splitext(output)[0] + '.json'
+
+
+def boxmot_metadata_path(output: str) -> str:
+  """reid.onnx -> reid.onnx.metadata.json, the sidecar BoxMOT reads next to its ReID weights."""
+  return output + '.metadata.json'
+
+
+def boxmot_metadata(image_size: tuple[int, int]) -> dict[str, Any]:
+  """BoxMOT's artifact metadata: the crop size [H, W] and its plain (non-letterboxed) resize."""
+  height, width = (int(s) for s in image_size)
+  return {
+      'schema_version': BOXMOT_SCHEMA_VERSION,
+      'model_kwargs_schema_version': BOXMOT_MODEL_KWARGS_SCHEMA_VERSION,
+      'model_kwargs': {'img_size': [height, width]},
+      'img_size': [height, width],
+      'preprocess': 'resize',
+  }
 
 
 def sidecar(config: ml_collections.ConfigDict, workdir: str, checkpoint: str, step: int,
@@ -254,13 +353,21 @@ def sidecar(config: ml_collections.ConfigDict, workdir: str, checkpoint: str, st
 
 
 def export_workdir(workdir: str, output: str, checkpoint: str = 'best', *, normalize: bool = True,
-                   opset: int = 17, overwrite: bool = False, seed: int = 0) -> dict[str, Any]:
-  """Writes `output` (.onnx) and its .json sidecar for a train.py workdir; returns the sidecar."""
+                   opset: int = 17, overwrite: bool = False, seed: int = 0,
+                   calibration: bool = True, calibration_gap: int = 1,
+                   calibration_max_images: int = 20000) -> dict[str, Any]:
+  """Writes `output` (.onnx), its .json sidecar and BoxMOT's; returns the .json sidecar.
+
+  The calibration is recorded as `appearance_distance` (None with `appearance_distance_skipped`
+  saying why, when the val list cannot give one: the export itself does not depend on it).
+  """
   if not output.endswith('.onnx'):
     raise ValueError(f'{output}: the output name must end in .onnx')
-  meta_path = sidecar_path(output)
+  if calibration_gap < 1 or calibration_max_images < 2:
+    raise ValueError(f'{output}: calibration_gap must be >= 1 and calibration_max_images >= 2')
+  meta_path, boxmot_path = sidecar_path(output), boxmot_metadata_path(output)
   if not overwrite:
-    for path in (output, meta_path):
+    for path in (output, meta_path, boxmot_path):
       if os.path.exists(path):
         raise ValueError(f'{path}: exists (pass --overwrite to replace it)')
   if not os.path.isdir(workdir):
@@ -278,6 +385,14 @@ def export_workdir(workdir: str, output: str, checkpoint: str = 'best', *, norma
   embedding_size = onnx_model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
   meta = sidecar(config, workdir, checkpoint, step, embedding_size, normalize, opset)
   meta['parity_error'] = error
+  meta['appearance_distance'] = None
+  if calibration:
+    try:
+      meta['appearance_distance'] = calibrate(config, model, variables, gap=calibration_gap,
+                                              max_images=calibration_max_images)
+    except ValueError as e:  # no val list, no frame numbers, no pairs: export without it
+      meta['appearance_distance_skipped'] = str(e)
+      logging.warning('no appearance calibration: %s', e)
 
   folder = os.path.dirname(os.path.abspath(output))
   try:
@@ -286,6 +401,8 @@ def export_workdir(workdir: str, output: str, checkpoint: str = 'best', *, norma
     raise ValueError(f'{output}: cannot create folder {folder} ({e.strerror})') from None
   checkpoints.write_atomically(output, onnx_model.SerializeToString(), overwrite)
   checkpoints.write_atomically(meta_path, (json.dumps(meta, indent=2) + '\n').encode(), overwrite)
+  checkpoints.write_atomically(
+      boxmot_path, (json.dumps(boxmot_metadata(image_size), indent=2) + '\n').encode(), overwrite)
   return meta
 
 
@@ -301,23 +418,34 @@ def define_flags():
   flags.DEFINE_string('checkpoint', 'best', "'best', 'latest' or a step number.")
   flags.DEFINE_boolean('normalize', True, 'L2-normalise the output features (trackers expect it).')
   flags.DEFINE_integer('opset', 17, f'ONNX opset (>= {MIN_OPSET}).')
-  flags.DEFINE_boolean('overwrite', False, 'Replace an existing output and sidecar.')
+  flags.DEFINE_boolean('overwrite', False, 'Replace an existing output and sidecars.')
+  flags.DEFINE_boolean('calibrate', True, 'Measure appearance distances on the val list and '
+                       'print the tracker gate that separates same-track pairs from others.')
+  flags.DEFINE_integer('calibration_gap', 1, 'Frames between the same-track pairs (and the '
+                       'window of the nearest other person).')
+  flags.DEFINE_integer('calibration_max_images', 20000, 'Val crops embedded at most (the '
+                       'earliest frames).')
   flags.mark_flags_as_required(['workdir', 'output'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.get_absl_handler().addFilter(checkpoints.QuietOrbax())
+  logging.get_absl_handler().addFilter(checkpoints.QuietLogs())
   try:
     meta = export_workdir(FLAGS.workdir, FLAGS.output, FLAGS.checkpoint,
-                          normalize=FLAGS.normalize, opset=FLAGS.opset, overwrite=FLAGS.overwrite)
+                          normalize=FLAGS.normalize, opset=FLAGS.opset, overwrite=FLAGS.overwrite,
+                          calibration=FLAGS.calibrate, calibration_gap=FLAGS.calibration_gap,
+                          calibration_max_images=FLAGS.calibration_max_images)
   except (ValueError, OSError) as e:  # OSError: e.g. a file where --output needs a folder
     sys.exit(f'error: {e}')
   kind = 'normalized' if meta['normalized'] else 'raw'
-  print(f"wrote {FLAGS.output} and {sidecar_path(FLAGS.output)}: step {meta['source']['step']}, "
+  print(f"wrote {FLAGS.output}, {sidecar_path(FLAGS.output)} and "
+        f"{boxmot_metadata_path(FLAGS.output)}: step {meta['source']['step']}, "
         f"{meta['embedding_size']}-d {kind} features, "
         f"max |ONNX - JAX| / max(1, |JAX|) = {meta['parity_error']:.2g}")
+  if meta['appearance_distance'] is not None:
+    print(format_calibration(meta['appearance_distance']))
 
 
 if __name__ == '__main__':

@@ -17,6 +17,7 @@ import checkpoints
 import evaluate
 import export
 import input_pipeline
+import metrics
 import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,6 +159,99 @@ def test_sidecar_describes_preprocessing_and_source(workdir, exported):
     np.testing.assert_allclose(ours, expected, atol=1e-4)
 
 
+def test_boxmot_sidecar_schema(exported):
+  path, _ = exported
+  with open(path + '.metadata.json') as f:
+    # What BoxMOT 25.0.0 reads (boxmot/reid/core/artifacts.py); it rejects other model_kwargs.
+    assert json.load(f) == {'schema_version': 1, 'model_kwargs_schema_version': 1,
+                            'model_kwargs': {'img_size': [32, 16]}, 'img_size': [32, 16],
+                            'preprocess': 'resize'}
+
+
+def val_features(workdir):
+  """Embedder features of the val list's crops, and their identity/sequence/frame metadata."""
+  config = checkpoints.load_config(workdir)
+  data = input_pipeline.read_filelist(os.path.join(config.data.root, config.data.val_list),
+                                      os.path.join(config.data.root, config.data.image_dir))
+  crops = [np.asarray(Image.open(os.path.join(data.image_root, p)).convert('RGB'))
+           for p in data.paths]
+  return evaluate.Embedder.from_workdir(workdir, 'best')(crops), metrics.path_metadata(data.paths)
+
+
+def test_calibration_is_recorded_and_matches_embedder_features(workdir, exported, capsys):
+  _, meta = exported
+  calibration = meta['appearance_distance']
+  features, info = val_features(workdir)
+  expected = metrics.appearance_distance_percentiles(features, info['identity'], info['sequence'],
+                                                     info['frame'], gap=1)
+  assert calibration['gap_frames'] == 1 and calibration['source']['crops'] == len(features)
+  for kind in ('same_track', 'nearest_other'):
+    assert calibration[kind]['count'] == expected[kind]['count'] > 10
+    for key, value in expected[kind].items():
+      assert calibration[kind][key] == pytest.approx(value, abs=1e-4), (kind, key)
+  assert calibration['gate'] == pytest.approx(expected['gate'], abs=1e-3)
+  assert 0 < calibration['gate'] < 2
+  text = export.format_calibration(calibration)
+  assert f"appearance gate {calibration['gate']:.2f}" in text and 'max_cos_dist' in text
+
+
+def test_calibration_keeps_whole_early_frames_and_can_be_skipped(workdir, tmp_path):
+  config = checkpoints.load_config(workdir)
+  frames = metrics.path_metadata(export.val_crops(config, 10**9).paths)['frame']
+  kept = metrics.path_metadata(export.val_crops(config, len(frames) // 2).paths)['frame']
+  assert 0 < len(kept) <= len(frames) // 2
+  assert np.sum(frames <= kept.max()) == len(kept)  # whole frames, the earliest ones
+  meta = export.export_workdir(workdir, str(tmp_path / 'a.onnx'), calibration=False)
+  assert meta['appearance_distance'] is None
+  config.data.val_list = ''
+  with pytest.raises(ValueError, match='no val list'):
+    export.val_crops(config, 100)
+
+
+@pytest.mark.parametrize('backend', ['onnxruntime', 'opencv'])
+def test_boxmot_reid_features_match_embedder(workdir, exported, monkeypatch, backend):
+  pytest.importorskip('boxmot')  # the tracker extras: requirements-trackers.txt
+  cv2 = pytest.importorskip('cv2')
+  import track
+
+  monkeypatch.setenv('BOXMOT_REID_BACKEND', backend)
+  path, _ = exported
+  reid = track.boxmot_reid(path)  # BoxMOT's own ReID, as its trackers build it from reid_weights
+  assert tuple(reid.input_shape) == IMAGE_SIZE and reid._backend == backend
+  config = checkpoints.load_config(workdir)
+  data = input_pipeline.read_filelist(os.path.join(config.data.root, config.data.val_list),
+                                      os.path.join(config.data.root, config.data.image_dir))
+  features, expected, exact = [], [], []
+  embedder = evaluate.Embedder.from_workdir(workdir, 'best')
+
+  def float_resize(crop, shape):
+    return cv2.resize(crop.astype(np.float32) + 0.5, (shape[1], shape[0]),
+                      interpolation=cv2.INTER_LINEAR).astype(np.uint8)
+  for name in data.paths[::25]:
+    rgb = np.asarray(Image.open(os.path.join(data.image_root, name)).convert('RGB'))
+    h, w = rgb.shape[:2]
+    # A frame with the crop in it at an offset; integer boxes, so BoxMOT's rounding is moot.
+    frame = np.zeros((h + 20, w + 30, 3), np.uint8)
+    frame[7:7 + h, 11:11 + w] = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    boxes = np.array([[11, 7, 11 + w, 7 + h], [11 + w // 4, 7, 11 + w, 7 + h - h // 5]])
+    features.append(reid.get_features(boxes, frame))
+    expected.append(embedder([rgb, rgb[:h - h // 5, w // 4:]]))
+    # The same boxes through the README snippet's float resize in place of BoxMOT's uint8 one.
+    uint8_resize = reid.preprocess_fn
+    reid.preprocess_fn = float_resize
+    exact.append(reid.get_features(boxes, frame))
+    reid.preprocess_fn = uint8_resize
+  features, expected, exact = (np.concatenate(x) for x in (features, expected, exact))
+  assert len(features) >= 8
+  # Everything but the resize is the same computation as ours.
+  assert np.abs(exact - expected).max() <= 1e-5
+  # BoxMOT's cv2 resize of the uint8 crop is one level off on ~12% of pixels. At this test
+  # model's 32x16 input that moves features more than at the demo's 128x64 (cosine >= 0.9999
+  # there, docs/trackers.md).
+  cosine = np.sum(features * expected, axis=1)
+  assert cosine.min() >= 0.999, cosine.min()
+
+
 def test_raw_export_returns_unnormalized_embedding(workdir, tmp_path):
   output = str(tmp_path / 'raw.onnx')
   meta = export.export_workdir(workdir, output, normalize=False, opset=12)
@@ -171,9 +265,9 @@ def test_raw_export_returns_unnormalized_embedding(workdir, tmp_path):
   assert json.loads((tmp_path / 'raw.json').read_text())['normalized'] is False
 
 
-def test_readme_tracker_snippet_matches_embedder(workdir, exported, monkeypatch):
+def test_docs_tracker_snippet_matches_embedder(workdir, exported, monkeypatch):
   cv2 = pytest.importorskip('cv2')  # optional: not in requirements.txt
-  with open(os.path.join(ROOT, 'README.md')) as f:
+  with open(os.path.join(ROOT, 'docs', 'export.md')) as f:
     snippet = re.search(r'Using it from tracker code.*?```python\n(.*?)```', f.read(), re.S)[1]
   path, _ = exported
   monkeypatch.chdir(os.path.dirname(path))  # the snippet opens reid.onnx and reid.json
@@ -217,10 +311,18 @@ def test_refuses_to_overwrite_and_replaces_with_overwrite(workdir, tmp_path):
   assert not output.exists()
   assert (tmp_path / 'reid.json').read_text() == 'user notes'
 
+  (tmp_path / 'reid.json').unlink()
+  (tmp_path / 'reid.onnx.metadata.json').write_text('user notes')
+  with pytest.raises(ValueError, match='reid.onnx.metadata.json: exists'):
+    export.export_workdir(workdir, str(output))
+  assert not output.exists() and not (tmp_path / 'reid.json').exists()
+  assert (tmp_path / 'reid.onnx.metadata.json').read_text() == 'user notes'
+
   export.export_workdir(workdir, str(output), checkpoint='latest', overwrite=True)
   assert json.loads((tmp_path / 'reid.json').read_text())['source']['checkpoint'] == 'latest'
   assert export.run_onnx(str(output), nchw_images(1)).shape == (1, 64)
-  assert sorted(os.listdir(tmp_path)) == ['reid.json', 'reid.onnx']  # no temp files left
+  # No temp files left.
+  assert sorted(os.listdir(tmp_path)) == ['reid.json', 'reid.onnx', 'reid.onnx.metadata.json']
   umask = os.umask(0)
   os.umask(umask)
   assert os.stat(output).st_mode & 0o777 == 0o666 & ~umask  # readable like any new file
@@ -233,6 +335,8 @@ def test_bad_requests_are_value_errors(workdir, tmp_path):
     export.export_workdir(workdir, str(tmp_path / 'a.json'))
   with pytest.raises(ValueError, match='opset'):
     export.export_workdir(workdir, str(tmp_path / 'a.onnx'), opset=11)
+  with pytest.raises(ValueError, match='calibration_gap'):
+    export.export_workdir(workdir, str(tmp_path / 'a.onnx'), calibration_gap=0)
   assert os.listdir(tmp_path) == []
 
 
