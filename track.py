@@ -427,7 +427,10 @@ def evaluate_tracking(workdir: str, *, trackers: tuple[str, ...] = TRACKERS,
   for name in trackers:
     gated = [r for r in runs if r['tracker'] == name and r['gate'] is not None]
     if gated:
-      top = max(gated, key=lambda r: (r['IDF1'], r['HOTA'], -r['gate']))
+      # Gates often tie over a plateau: then the one nearest the calibrated (else default) gate.
+      anchor = calibrated if calibrated is not None else GATES[name][1]
+      top = max(gated, key=lambda r: (round(r['IDF1'], 6), round(r['HOTA'], 6),
+                                      -abs(r['gate'] - anchor)))
       best[name] = top['gate']
   return {
       'workdir': os.path.abspath(workdir), 'reid_weights': os.path.abspath(reid_weights),
