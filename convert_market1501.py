@@ -38,7 +38,7 @@ Protocol (Market-1501's evaluation code, as torchreid and fast-reid apply it):
 Images are copied byte for byte, never linked or moved: the dataset is only read, and the output
 can be edited or deleted without touching it. Everything is validated before anything is written;
 output safety (--overwrite, hidden temporary folder renamed into place, one-line errors) is
-convert_mot17.py's.
+dataset_output.py's, shared with convert_mot17.py.
 """
 
 import functools
@@ -54,7 +54,7 @@ from typing import Any
 from absl import app, flags, logging
 from tqdm import tqdm
 
-from convert_mot17 import DataError, one_line_errors, prepare_output, publish, write_list
+from dataset_output import DataError, one_line_errors, prepare_output, publish, write_list
 
 # ---- Constants ----
 
