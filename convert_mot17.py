@@ -11,49 +11,11 @@ named by --splits (default `train`), and writes
   <output_dir>/meta/train_80.txt, meta/val_20.txt    lines `<SEQ>_<id:06d>/<frame:06d>.jpg <label>`
   <output_dir>/meta/train.txt                        both splits, val labels after train labels
 
-Rules (MMDetection's `mot2reid.py`, minus its bugs):
-- Frame images are found by number: every `<digits><imExt>` file in the image folder, whatever the
-  width (MOT: 000001.jpg, DanceTrack: 00000001.jpg). Two names for one frame are an error. The
-  image itself, not seqinfo.ini, gives the frame size; a seqinfo.ini that disagrees is warned about
-  once per sequence (DanceTrack issue #31: val/dancetrack0041's seqinfo.ini says 1440 wide, its
-  frames are 1920).
-- A gt row is kept if class == 1, consider flag != 0, visibility >= --vis_threshold and the box
-  has at least one pixel inside the image. MMDetection ignores the consider flag; we do not.
-  10-column MOT15 rows end in world x, y, z, not class/visibility: they always count as class 1,
-  visibility 1, as in MMDetection (so do 9-column rows with -1 in those columns).
-- Crop = pixels [round(left), round(left + width)) x [round(top), round(top + height)) clipped to
-  the image, rounding half up; an integer 30x40 box inside the image gives a 30x40 crop
-  (MMDetection's inclusive crop gives 31x41). Boxes with no pixel inside are skipped and counted.
-- Identity = (sequence, track id). Sequence names must be unique over the splits read. A sequence
-  that exists in several detector variants (`-DPM`, `-FRCNN`, `-SDP`, same images and gt) is
-  converted once: FRCNN when present, else the first sorted name. This is decided from sequence
-  names, not from the input path (MMDetection tests whether the path contains 'MOT17', so
-  `data/mot17` triples every identity). Names without such a suffix (MOT20, DanceTrack) are
-  each their own sequence.
-- Split by identity as MMDetection: the N identities with at least one kept crop over all the
-  splits read, sorted by folder name; the first floor(N * (1 - val_split)) go to train, the rest to
-  val. N is counted before the --min_per_person filter, so that filter can move the splits slightly
-  off the requested ratio. Unlike MMDetection's float int(), the floor is exact for the decimal
-  given (0.3 with N = 180 gives 126 train identities, not 125). An empty train split is an error.
-- Identities with fewer than --min_per_person crops are dropped; those with more than
-  --max_per_person are subsampled with a numpy Generator seeded from (--seed, identity name).
-  Labels are 0..K-1 per split in sorted folder order; lines are sorted by folder, then frame.
-- Crops are named by frame number (MMDetection uses the row index), so time is recoverable. Only
-  crops that appear in a list are written.
-- List names use round(100 * val_split): 0.2 -> train_80/val_20, 0.57 -> train_43/val_57
-  (MMDetection's int() gives val_56). A fractional percent keeps up to 4 decimals, never an
-  exponent: 0.125 -> train_87.5.txt / val_12.5.txt; a --val_split whose percent rounds to 0 or 100
-  is refused.
-
-Nothing is lost: all input is validated before anything is written; the dataset is built in a
-hidden temporary directory next to the output and renamed into place at the end. A non-empty output
-directory is only replaced with --overwrite, and only if it looks like a previous conversion (just
-`imgs/` and `meta/`); the old one is moved aside, the new one renamed in, then the old one deleted.
-A symlinked output directory is followed: the dataset is built next to its target. Ctrl-C and
-SIGTERM remove the temporary directory; folders left by a killed run are named in a warning.
-The same input and flags give byte-identical output with any --num_workers (and on any machine with
-the same Pillow and NumPy versions). The output-safety and error-reporting rules live in
-dataset_output.py, shared with convert_market1501.py.
+The rules (rows kept, crop pixels, detector variants, split by identity, list names) and the
+output safety are in docs/datasets.md; where they differ from MMDetection's `mot2reid.py`, and why,
+in docs/differences.md. Lines are sorted by folder, then frame; only listed crops are written. All
+input is validated before anything is written; the same input and flags give byte-identical output
+with any --num_workers.
 """
 
 import contextlib
