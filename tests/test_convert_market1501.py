@@ -409,7 +409,7 @@ def test_cli_bad_input_is_one_line_error(tmp_path, setup):
   assert not [n for n in os.listdir(input_dir) if n == "reid" or n.startswith(".")]
 
 
-# ---- Output safety (convert_mot17's rules) ----
+# ---- Output safety (dataset_output.py's rules, shared with convert_mot17.py) ----
 
 
 def test_refuses_non_empty_output_and_replaces_with_overwrite(market, msmt):
