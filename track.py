@@ -27,6 +27,7 @@ Results go to `<workdir>/track/results_<detections>.json`, a table to stdout.
 import contextlib
 import io
 import json
+import logging as std_logging
 import os
 import re
 import shutil
@@ -395,6 +396,7 @@ def evaluate_tracking(workdir: str, *, trackers: tuple[str, ...] = TRACKERS,
     raise TrackError(f'{reid_weights}: no such ONNX file')
   calibrated = calibrated_gate(reid_weights)
 
+  std_logging.getLogger('boxmot').setLevel(std_logging.WARNING)  # not every tracker's settings
   reid = boxmot_reid(reid_weights)
   features = {seq.name: sequence_features(reid, seq) for seq in seqs}
   dim = next((f.shape[1] for per_seq in features.values() for f in per_seq.values() if f.size), 1)
