@@ -502,7 +502,7 @@ def main(argv: list[str]) -> None:
 
     path = os.path.join(FLAGS.workdir, 'track', f'results_{FLAGS.detections}.json')
     checkpoints.write_atomically(path, (json.dumps(results, indent=2) + '\n').encode())
-  except (ValueError, OSError) as e:  # convert_mot17.DataError is a ValueError
+  except (ValueError, OSError) as e:  # DataError (convert_mot17) is a ValueError
     sys.exit(f'error: {e}')
   print(f"{', '.join(f'{k} ({v})' for k, v in results['sequences'].items())}, "
         f"{results['detections']} detections")
