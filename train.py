@@ -32,6 +32,7 @@ import checkpoints
 import input_pipeline
 import metrics
 import models
+import pretrained
 
 FLAGS = flags.FLAGS
 
@@ -174,7 +175,7 @@ def create_train_state(config: ml_collections.ConfigDict, model: models.ReIDMode
       jax.random.key(config.seed, impl='rbg'), jnp.zeros((1, h, w, 3), jnp.float32), train=False)
   params, batch_stats = variables['params'], variables['batch_stats']
   if config.model.init_from:
-    params, batch_stats, _ = models.load_pretrained(
+    params, batch_stats, _ = pretrained.load_pretrained(
         jax.device_get(params), jax.device_get(batch_stats), config.model.init_from)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 

@@ -353,6 +353,7 @@ def test_hand_built_resnet50_is_torchvision_resnet50():
   import jax.numpy as jnp
 
   import models
+  import pretrained
   torch_side = run_python('''
 import json, torch
 from benchmarks import torch_train_step
@@ -365,10 +366,10 @@ print(json.dumps({
 ''')
   # torchvision resnet50 has 25,557,032 parameters, 2,049,000 of them in the ImageNet fc.
   assert torch_side['params'] == 25_557_032 - 2_049_000
-  # Same names as torchvision, which models.py maps one to one onto our Flax ResNet-50.
+  # Same names as torchvision, which pretrained.py maps one to one onto our Flax ResNet-50.
   variables = jax.eval_shape(lambda: models.ResNet(50).init(
       jax.random.key(0), jnp.zeros((1, 64, 32, 3)), train=False))
-  expected = set(models._backbone_targets(variables['params'], variables['batch_stats']))
+  expected = set(pretrained._backbone_targets(variables['params'], variables['batch_stats']))
   assert set(torch_side['keys']) == expected
   assert torch_side['stride'] == [2, 2]  # last stride 2, on the 3x3 conv
   assert torch_side['shape'] == [2, 2048, 8, 4]
