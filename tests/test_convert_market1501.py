@@ -10,7 +10,9 @@ import time
 import zlib
 
 import pytest
+import test_convert_mot17
 from PIL import Image
+from test_convert_mot17 import tree_bytes
 
 import convert_market1501
 
@@ -122,22 +124,7 @@ def msmt(tmp_path):
 
 
 def read_list(path):
-  with open(path, newline="") as f:
-    lines = f.readlines()
-  for line in lines:
-    assert LINE.match(line), repr(line)
-  return [(line.split()[0], int(line.split()[1])) for line in lines]
-
-
-def tree_bytes(root):
-  """{relative path: bytes} of every file under root."""
-  out = {}
-  for dirpath, _, files in os.walk(root):
-    for name in files:
-      path = os.path.join(dirpath, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, root)] = f.read()
-  return out
+  return test_convert_mot17.read_list(path, LINE)
 
 
 def run_cli(*args):

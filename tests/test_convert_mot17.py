@@ -56,11 +56,12 @@ def track(track_id, frames, box=(5, 3, 10, 12), flag=1, cls=1, vis=1.0):
   return [(f, track_id, *box, flag, cls, vis) for f in frames]
 
 
-def read_list(path):
+def read_list(path, pattern: re.Pattern = LINE):
+  """[(path, label)] of a list file whose every line matches `pattern`."""
   with open(path, newline="") as f:
     lines = f.readlines()
   for line in lines:
-    assert LINE.match(line), repr(line)
+    assert pattern.match(line), repr(line)
   return [(line.split()[0], int(line.split()[1])) for line in lines]
 
 

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from test_convert_mot17 import tree_bytes
 
 import synthetic_mot
 
@@ -26,17 +27,6 @@ def read_gt(path):
       rows.append([int(c) for c in cols[:8]] + [float(cols[8])])
       assert cols[8] in ("0", "1") or (cols[8].startswith("0.") and len(cols[8]) <= 7), cols[8]
   return rows
-
-
-def tree_bytes(root):
-  """Every file under root, relative path -> bytes."""
-  files = {}
-  for dirpath, _, names in os.walk(root):
-    for name in names:
-      path = os.path.join(dirpath, name)
-      with open(path, "rb") as f:
-        files[os.path.relpath(path, root)] = f.read()
-  return files
 
 
 @pytest.fixture(scope="module")
