@@ -154,29 +154,6 @@ def _check_output(path: str, overwrite: bool) -> None:
     raise ValueError(f'{path}: folder {folder} does not exist')
 
 
-@functools.lru_cache(maxsize=4)
-def _mesh_and_embed_fn(model: models.ReIDModel, normalize: bool, flip_tta: bool):
-  """One mesh over all devices and its embed function, kept so repeated lists compile once."""
-  mesh = train.create_mesh()
-  return mesh, train.make_embed_fn(model, mesh, normalize=normalize, flip_tta=flip_tta)
-
-
-def embed_images(config: ml_collections.ConfigDict, model: models.ReIDModel, variables: Any,
-                 data: input_pipeline.FileList, *, flip_tta: bool = False,
-                 normalize: bool | None = None) -> np.ndarray:
-  """(N, D) test embeddings of a filelist on every local device, as train.py's evaluation.
-
-  normalize None follows the config (config.eval.normalize).
-  """
-  normalize = bool(config.eval.normalize) if normalize is None else normalize
-  mesh, embed_fn = _mesh_and_embed_fn(model, normalize, flip_tta)
-  # The training machine may have had another device count: round the batch up to fit this one.
-  batch_size = -(-config.eval.batch_size // jax.device_count()) * jax.device_count()
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return train.embed_filelist(embed_fn, jax.device_put(variables, replicated), data, mesh,
-                              batch_size=batch_size, image_size=tuple(config.data.image_size))
-
-
 # ---- Command line: evaluation ----
 
 
@@ -237,9 +214,9 @@ def evaluate_checkpoint(workdir: str, checkpoint: str = 'best', *, list_path: st
 
   config, model, variables, step = checkpoints.load_checkpoint(workdir, checkpoint)
   result['step'] = step
-  query_emb = embed_images(config, model, variables, query, flip_tta=flip_tta)
+  query_emb = train.embed_images(config, model, variables, query, flip_tta=flip_tta)
   if query_list:
-    gallery_emb = embed_images(config, model, variables, gallery, flip_tta=flip_tta)
+    gallery_emb = train.embed_images(config, model, variables, gallery, flip_tta=flip_tta)
     scores, no_camera = metrics.query_gallery_metrics(
         query_emb, query.labels, query.paths, gallery_emb, gallery.labels, gallery.paths)
     result['camera_filter'] = no_camera is None
@@ -300,7 +277,7 @@ def export_embeddings(workdir: str, checkpoint: str = 'best', *, list_path: str 
   config, model, variables, step = checkpoints.load_checkpoint(workdir, checkpoint)
   output = output or os.path.join(workdir, f'embeddings_{_list_name(list_path)}_step{step}.npz')
   _check_output(output, overwrite)
-  embeddings = embed_images(config, model, variables, data, flip_tta=flip_tta, normalize=True)
+  embeddings = train.embed_images(config, model, variables, data, flip_tta=flip_tta, normalize=True)
   arrays = {'embeddings': embeddings, 'paths': np.asarray(data.paths),
             'labels': data.labels, 'step': np.int64(step), 'list': np.asarray(list_path),
             'image_root': np.asarray(root), 'flip_tta': np.bool_(flip_tta),
@@ -396,7 +373,7 @@ def visualize_checkpoint(workdir: str, checkpoint: str = 'best', *,
   config, model, variables, step = checkpoints.load_checkpoint(workdir, checkpoint)
   output = output or os.path.join(workdir, f'ranks_{_list_name(list_path)}_step{step}.png')
   _check_output(output, overwrite)
-  embeddings = embed_images(config, model, variables, data, flip_tta=flip_tta)
+  embeddings = train.embed_images(config, model, variables, data, flip_tta=flip_tta)
   stats = metrics.retrieval_stats(embeddings, data.labels)
   valid = stats['num_positives'] > 0
   if not valid.any():

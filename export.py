@@ -40,6 +40,7 @@ import checkpoints
 import input_pipeline
 import metrics
 import models
+import train
 
 INPUT_NAME = 'images'
 OUTPUT_NAME = 'output'
@@ -256,31 +257,17 @@ def val_crops(config: ml_collections.ConfigDict, max_images: int) -> input_pipel
                              labels=data.labels[rows], lines=data.lines[rows])
 
 
-def embed_crops(config: ml_collections.ConfigDict, model: models.ReIDModel,
-                variables: dict[str, Any], data: input_pipeline.FileList) -> np.ndarray:
-  """(N, D) L2-normalised float32 test embeddings of a list, resized as in evaluation."""
-  model = model.clone(dtype=jnp.float32)  # what the export computes
-  embed = jax.jit(lambda v, images: models.embed(model, v, images, normalize=True))
-  batch_size = min(int(config.eval.batch_size), max(8, data.num_images))
-  out = np.zeros((data.num_images, 0), np.float32)
-  for batch in input_pipeline.eval_batches(data, batch_size=batch_size,
-                                           image_size=tuple(config.data.image_size)):
-    features = np.asarray(embed(variables, batch['image']))
-    if not out.shape[1]:
-      out = np.zeros((data.num_images, features.shape[1]), np.float32)
-    out[batch['index'][batch['mask']]] = features[batch['mask']]
-  return out
-
-
 def calibrate(config: ml_collections.ConfigDict, model: models.ReIDModel,
               variables: dict[str, Any], *, gap: int = 1,
               max_images: int = 20000) -> dict[str, Any]:
   """metrics.appearance_distance_percentiles on the val crops, and which crops were used."""
   data = val_crops(config, max_images)
   meta = metrics.path_metadata(data.paths)
-  result = metrics.appearance_distance_percentiles(
-      embed_crops(config, model, variables, data), meta['identity'], meta['sequence'],
-      meta['frame'], gap)
+  # float32: what the exported graph computes.
+  features = train.embed_images(config, model.clone(dtype=jnp.float32), variables, data,
+                                normalize=True)
+  result = metrics.appearance_distance_percentiles(features, meta['identity'], meta['sequence'],
+                                                   meta['frame'], gap)
   result['source'] = {'list': os.path.abspath(data.source), 'crops': data.num_images,
                       'identities': len(set(meta['identity'])),
                       'last_frame': int(meta['frame'].max())}

@@ -147,7 +147,7 @@ def val_sequences(data: dict[str, Any], available: list[str]) -> tuple[list[str]
       f'{s} ({trained[s]} of its identities were trained on)' for s in val_seqs))
 
 
-def _mot_boxes(path: str, rows: list[tuple[int, float, float, float, float, float]],
+def _mot_boxes(rows: list[tuple[int, float, float, float, float, float]],
                length: int) -> dict[int, np.ndarray]:
   """frame -> N x 6 [x1, y1, x2, y2, conf, cls 0] from (frame, left, top, width, height, conf)."""
   out: dict[int, list] = {f: [] for f in range(1, length + 1)}
@@ -195,7 +195,7 @@ def load_sequence(folder: str, detections: str, max_frames: int | None = None) -
   image_dir = os.path.join(folder, info.im_dir)
   return Sequence(info.name, folder, length,
                   {f: os.path.join(image_dir, images[f]) for f in range(1, length + 1)},
-                  gt_path, _mot_boxes(gt_path, rows, length))
+                  gt_path, _mot_boxes(rows, length))
 
 
 def find_sequences(mot_dir: str, splits: list[str], names: list[str]) -> dict[str, str]:

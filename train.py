@@ -226,6 +226,29 @@ def embed_filelist(embed_fn: Callable, variables: Any, data: input_pipeline.File
   return out
 
 
+@functools.lru_cache(maxsize=4)
+def _mesh_and_embed_fn(model: models.ReIDModel, normalize: bool, flip_tta: bool):
+  """One mesh over all devices and its embed function, kept so repeated lists compile once."""
+  mesh = create_mesh()
+  return mesh, make_embed_fn(model, mesh, normalize=normalize, flip_tta=flip_tta)
+
+
+def embed_images(config: ml_collections.ConfigDict, model: models.ReIDModel, variables: Any,
+                 data: input_pipeline.FileList, *, flip_tta: bool = False,
+                 normalize: bool | None = None) -> np.ndarray:
+  """(N, D) test embeddings of a filelist with a loaded model, as training's evaluation.
+
+  For evaluate.py and export.py: any device count; normalize None follows config.eval.normalize.
+  """
+  normalize = bool(config.eval.normalize) if normalize is None else normalize
+  mesh, embed_fn = _mesh_and_embed_fn(model, normalize, flip_tta)
+  # The training machine may have had another device count: round the batch up to fit this one.
+  batch_size = -(-config.eval.batch_size // jax.device_count()) * jax.device_count()
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return embed_filelist(embed_fn, jax.device_put(variables, replicated), data, mesh,
+                              batch_size=batch_size, image_size=tuple(config.data.image_size))
+
+
 def read_eval_lists(config: ml_collections.ConfigDict) -> dict[str, input_pipeline.FileList]:
   """{'query', 'gallery'} when config.data.query_list is set, else {'val'}, or {} for none."""
   image_root = os.path.join(config.data.root, config.data.image_dir)

@@ -150,7 +150,7 @@ def test_det_txt_detections(tmp_path):
   det = tmp_path / 'det.txt'
   det.write_text('1,-1,10,20,30,40,0.9,-1,-1,-1\n2,-1,5,5,10,10,0.3\n')
   rows = track._read_det(str(det))
-  boxes = track._mot_boxes(str(det), rows, 2)
+  boxes = track._mot_boxes(rows, 2)
   np.testing.assert_allclose(boxes[1], [[10, 20, 40, 60, 0.9, 0]])
   np.testing.assert_allclose(boxes[2], [[5, 5, 15, 15, 0.3, 0]])
   det.write_text('1,-1,10,x\n')
